@@ -1,0 +1,350 @@
+//! The chat core: every operation a client can ask for, independent of transport.
+//!
+//! Both the native `Connect` stream and the browser's unary calls end up here, so
+//! they behave the same. The order inside each operation is the product's promise:
+//! validate, check membership, commit to the store, and only then publish to the bus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bus::Bus;
+use crate::domain::{
+    ClientMsgId, ConversationId, Event, Message, MessageStatus, MessageText, PresenceState,
+    Receipt, Timestamp, UserId, UserName, UserRef,
+};
+use crate::error::ChatError;
+use crate::hub::Hub;
+use crate::presence::{Flip, PresenceTracker};
+use crate::ratelimit::RateLimiter;
+use crate::store::{Appended, ConversationSummary, DeviceSession, NewMessage, Store};
+
+/// Limits that protect the server and other users.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub send_rate_per_second: u32,
+    pub send_burst: u32,
+    pub heartbeat_interval: Duration,
+    pub presence_timeout: Duration,
+}
+
+/// Where a send goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Conversation(String),
+    Recipient(String),
+}
+
+/// A send as the client asked for it, before validation.
+#[derive(Clone, Debug)]
+pub struct SendInput {
+    pub client_msg_id: String,
+    pub target: Option<Target>,
+    pub text: String,
+}
+
+/// Which page of history to read.
+#[derive(Clone, Copy, Debug)]
+pub enum HistoryAnchor {
+    Latest,
+    Before(u64),
+    After(u64),
+}
+
+pub struct HistoryPage {
+    pub messages: Vec<(Message, MessageStatus)>,
+    pub has_more: bool,
+    pub receipts: Vec<Receipt>,
+}
+
+pub struct ConversationView {
+    pub summary: ConversationSummary,
+    pub peer_presence: Option<PresenceState>,
+}
+
+pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
+pub const HISTORY_MAX_LIMIT: u32 = 200;
+pub const CONVERSATIONS_MAX: u32 = 1000;
+
+pub struct Chat {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub hub: Arc<Hub>,
+    pub presence: PresenceTracker,
+    pub limits: Limits,
+    limiter: RateLimiter,
+}
+
+impl Chat {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, hub: Arc<Hub>, limits: Limits) -> Self {
+        Chat {
+            presence: PresenceTracker::new(limits.presence_timeout),
+            limiter: RateLimiter::new(limits.send_rate_per_second, limits.send_burst),
+            store,
+            bus,
+            hub,
+            limits,
+        }
+    }
+
+    // --- messages ---
+
+    pub async fn send(&self, device: &DeviceSession, input: SendInput) -> Result<Appended, ChatError> {
+        let me = &device.user;
+        let client_msg_id = ClientMsgId::parse(input.client_msg_id)?;
+        let text = MessageText::parse(input.text, self.limits.max_message_bytes)?;
+        let conversation = match input.target {
+            None => {
+                return Err(ChatError::InvalidArgument(
+                    "a send needs a conversation_id or a recipient".into(),
+                ));
+            }
+            Some(Target::Conversation(id)) => {
+                let id = ConversationId::parse(&id, "conversation_id")?;
+                self.require_member(id, me.id).await?;
+                id
+            }
+            Some(Target::Recipient(name)) => self.open_direct(me, &name).await?,
+        };
+        if !self.limiter.try_acquire(me.id) {
+            return Err(ChatError::RateLimited("too many messages; slow down and retry".into()));
+        }
+        let appended = self
+            .store
+            .append_message(NewMessage {
+                conversation_id: conversation,
+                sender: me.clone(),
+                client_msg_id,
+                text,
+            })
+            .await?;
+        // Committed: now, and only now, ring the recipients' doorbells. A retry rings
+        // again in case the first publish was lost; sessions drop duplicates by seq.
+        let members = self.member_ids(conversation).await?;
+        self.bus.publish(&members, Event::Message(Arc::new(appended.message.clone()))).await;
+        Ok(appended)
+    }
+
+    pub async fn history(
+        &self,
+        me: UserId,
+        conversation: &str,
+        anchor: HistoryAnchor,
+        limit: u32,
+    ) -> Result<HistoryPage, ChatError> {
+        let conversation = ConversationId::parse(conversation, "conversation_id")?;
+        self.require_member(conversation, me).await?;
+        let limit = match limit {
+            0 => HISTORY_DEFAULT_LIMIT,
+            n => n.min(HISTORY_MAX_LIMIT),
+        };
+        // One extra row tells whether another page exists.
+        let (mut messages, has_more) = match anchor {
+            HistoryAnchor::Latest | HistoryAnchor::Before(_) => {
+                let before = match anchor {
+                    HistoryAnchor::Before(seq) => seq,
+                    _ => u64::MAX >> 1,
+                };
+                let mut page = self.store.messages_before(conversation, before, limit + 1).await?;
+                let more = page.len() > limit as usize;
+                if more {
+                    page.remove(0);
+                }
+                (page, more)
+            }
+            HistoryAnchor::After(seq) => {
+                let mut page = self.store.messages_after(conversation, seq, limit + 1).await?;
+                let more = page.len() > limit as usize;
+                page.truncate(limit as usize);
+                (page, more)
+            }
+        };
+        let receipts = self.store.members(conversation).await?;
+        let messages = messages
+            .drain(..)
+            .map(|m| {
+                let status = MessageStatus::derive(m.seq, m.sender.id, &receipts);
+                (m, status)
+            })
+            .collect();
+        Ok(HistoryPage { messages, has_more, receipts })
+    }
+
+    // --- receipts ---
+
+    /// Records that the device has received everything up to `seq`.
+    pub async fn ack_delivered(&self, me: UserId, conversation: &str, seq: u64) -> Result<Receipt, ChatError> {
+        let conversation = ConversationId::parse(conversation, "conversation_id")?;
+        self.advance(me, conversation, seq, 0).await
+    }
+
+    /// Records that the user has read everything up to `seq` (0: up to the latest).
+    pub async fn mark_read(&self, me: UserId, conversation: &str, seq: u64) -> Result<Receipt, ChatError> {
+        let conversation = ConversationId::parse(conversation, "conversation_id")?;
+        let seq = if seq == 0 { u64::MAX >> 1 } else { seq };
+        self.advance(me, conversation, seq, seq).await
+    }
+
+    async fn advance(&self, me: UserId, conversation: ConversationId, delivered: u64, read: u64) -> Result<Receipt, ChatError> {
+        let update = self
+            .store
+            .advance_receipt(conversation, me, delivered, read)
+            .await?
+            .ok_or_else(not_found_conversation)?;
+        if update.changed {
+            let members = self.member_ids(conversation).await?;
+            self.bus.publish(&members, Event::Receipt(update.receipt.clone())).await;
+        }
+        Ok(update.receipt)
+    }
+
+    // --- typing ---
+
+    pub async fn typing(&self, me: &UserRef, conversation: &str, typing: bool) -> Result<(), ChatError> {
+        let conversation = ConversationId::parse(conversation, "conversation_id")?;
+        self.require_member(conversation, me.id).await?;
+        let others: Vec<UserId> = self
+            .member_ids(conversation)
+            .await?
+            .into_iter()
+            .filter(|u| *u != me.id)
+            .collect();
+        self.bus
+            .publish(&others, Event::Typing { conversation_id: conversation, user: me.clone(), typing })
+            .await;
+        Ok(())
+    }
+
+    // --- conversations ---
+
+    /// The direct conversation with the named user, created on first use.
+    pub async fn open_direct(&self, me: &UserRef, peer: &str) -> Result<ConversationId, ChatError> {
+        let peer = self.find_user(peer).await?;
+        if peer.id == me.id {
+            return Err(ChatError::InvalidArgument("cannot open a conversation with yourself".into()));
+        }
+        Ok(self.store.ensure_direct(me.id, peer.id).await?)
+    }
+
+    pub async fn peer_of_direct(&self, me: UserId, conversation: ConversationId) -> Result<Option<UserRef>, ChatError> {
+        Ok(self.store.members(conversation).await?.into_iter().map(|r| r.user).find(|u| u.id != me))
+    }
+
+    pub async fn conversations(&self, me: UserId) -> Result<Vec<ConversationView>, ChatError> {
+        let summaries = self.store.conversations_of(me, CONVERSATIONS_MAX).await?;
+        let mut views = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            let peer_presence = match summary.others.first() {
+                Some(peer) if summary.others.len() == 1 => Some(self.presence_of(peer.user.clone()).await?),
+                _ => None,
+            };
+            views.push(ConversationView { summary, peer_presence });
+        }
+        Ok(views)
+    }
+
+    // --- presence ---
+
+    /// Presence of the named users; each must be the caller or share a conversation
+    /// with them, or the answer is NOT_FOUND (presence is not public).
+    pub async fn presence_of_names(&self, me: &UserRef, names: &[String]) -> Result<Vec<PresenceState>, ChatError> {
+        if names.is_empty() {
+            return Err(ChatError::InvalidArgument("name at least one user".into()));
+        }
+        if names.len() > 100 {
+            return Err(ChatError::InvalidArgument("at most 100 users per call".into()));
+        }
+        let contacts = self.store.contacts(me.id).await?;
+        let mut out = Vec::with_capacity(names.len());
+        for raw in names {
+            let name = UserName::parse(raw).map_err(|_| not_found_user(raw))?;
+            let user = if name == me.name {
+                me.clone()
+            } else {
+                contacts.iter().find(|c| c.name == name).cloned().ok_or_else(|| not_found_user(raw))?
+            };
+            out.push(self.presence_of(user).await?);
+        }
+        Ok(out)
+    }
+
+    async fn presence_of(&self, user: UserRef) -> Result<PresenceState, ChatError> {
+        if self.presence.is_online(user.id) {
+            return Ok(PresenceState { user, online: true, last_seen: None });
+        }
+        let last_seen = self.store.last_seen(&[user.id]).await?.first().map(|(_, t)| *t);
+        Ok(PresenceState { user, online: false, last_seen })
+    }
+
+    pub async fn stream_opened(&self, device: &DeviceSession) {
+        let flip = self.presence.stream_opened(&device.user, device.id);
+        self.announce(&device.user, flip).await;
+    }
+
+    pub async fn stream_closed(&self, device: &DeviceSession) {
+        let flip = self.presence.stream_closed(device.user.id, device.id);
+        self.announce(&device.user, flip).await;
+    }
+
+    pub async fn heartbeat(&self, device: &DeviceSession) {
+        let flip = self.presence.heartbeat(device.user.id, device.id);
+        self.announce(&device.user, flip).await;
+    }
+
+    /// Expires stale heartbeats; runs periodically.
+    pub async fn sweep(&self) {
+        self.limiter.prune();
+        for user in self.presence.sweep() {
+            self.announce(&user, Some(Flip::Offline)).await;
+        }
+    }
+
+    /// Persists last seen on going offline and tells everyone who shares a conversation.
+    async fn announce(&self, user: &UserRef, flip: Option<Flip>) {
+        let Some(flip) = flip else { return };
+        let state = match flip {
+            Flip::Online => PresenceState { user: user.clone(), online: true, last_seen: None },
+            Flip::Offline => {
+                let now = Timestamp::now();
+                if let Err(e) = self.store.set_last_seen(user.id, now).await {
+                    tracing::warn!(error = %e, user = %user.name, "could not persist last seen");
+                }
+                PresenceState { user: user.clone(), online: false, last_seen: Some(now) }
+            }
+        };
+        match self.store.contacts(user.id).await {
+            Ok(contacts) => {
+                let ids: Vec<UserId> = contacts.iter().map(|c| c.id).collect();
+                self.bus.publish(&ids, Event::Presence(state)).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not announce presence"),
+        }
+    }
+
+    // --- helpers ---
+
+    async fn find_user(&self, raw: &str) -> Result<UserRef, ChatError> {
+        let name = UserName::parse(raw).map_err(|_| not_found_user(raw))?;
+        self.store
+            .user_by_name(&name)
+            .await?
+            .map(|c| c.user)
+            .ok_or_else(|| not_found_user(raw))
+    }
+
+    async fn require_member(&self, conversation: ConversationId, user: UserId) -> Result<Receipt, ChatError> {
+        self.store.membership(conversation, user).await?.ok_or_else(not_found_conversation)
+    }
+
+    async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>, ChatError> {
+        Ok(self.store.members(conversation).await?.into_iter().map(|r| r.user.id).collect())
+    }
+}
+
+fn not_found_conversation() -> ChatError {
+    ChatError::NotFound("conversation not found".into())
+}
+
+fn not_found_user(name: &str) -> ChatError {
+    ChatError::NotFound(format!("user {name} not found"))
+}

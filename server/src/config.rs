@@ -1,0 +1,86 @@
+//! Every setting of the server, each a flag with an environment variable, in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A gRPC chat server. With no configuration it keeps its data in SQLite under
+/// ./chat-data and serves on 127.0.0.1:50051.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "chat-server", version, about, long_about = None)]
+pub struct Config {
+    /// Address to serve gRPC on (port 0 picks a free port).
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Database URL: sqlite://PATH. Also read from DATABASE_URL.
+    /// Default: SQLite file chat.db in the data directory.
+    #[arg(long, env = "CHAT_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Directory for the embedded database; created if missing.
+    #[arg(long, env = "CHAT_DATA_DIR", default_value = "chat-data")]
+    pub data_dir: PathBuf,
+
+    /// How often clients must heartbeat; sent to them when they connect.
+    #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// A device without a heartbeat for this long counts as offline.
+    #[arg(long, env = "CHAT_PRESENCE_TIMEOUT", default_value = "45s", value_parser = humantime::parse_duration)]
+    pub presence_timeout: Duration,
+
+    /// Largest message text accepted, in UTF-8 bytes.
+    #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_message_bytes: usize,
+
+    /// Messages each user may send per second, sustained.
+    #[arg(long, env = "CHAT_SEND_RATE", default_value_t = 20)]
+    pub send_rate: u32,
+
+    /// Messages each user may send in a burst above the sustained rate.
+    #[arg(long, env = "CHAT_SEND_BURST", default_value_t = 60)]
+    pub send_burst: u32,
+
+    /// Lifetime of a device session token.
+    #[arg(long, env = "CHAT_TOKEN_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub token_ttl: Duration,
+
+    /// Events buffered per session before a session that does not read is closed.
+    #[arg(long, env = "CHAT_SESSION_QUEUE", default_value_t = 1024)]
+    pub session_queue: usize,
+
+    /// Concurrent HTTP/2 streams allowed on one client connection.
+    #[arg(long, env = "CHAT_MAX_CONCURRENT_STREAMS", default_value_t = 64)]
+    pub max_concurrent_streams: u32,
+
+    /// On SIGTERM, how long to wait for open calls to finish before exiting.
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log filter, in RUST_LOG syntax.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The database URL to use: the flag, then DATABASE_URL, then the embedded default.
+    pub fn resolved_database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("chat.db").display()))
+    }
+}

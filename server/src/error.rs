@@ -1,0 +1,89 @@
+//! The server's error type and its one mapping to a gRPC status.
+//!
+//! Every failure a client can cause has its own arm with a clear status; store and
+//! internal failures are logged here and reach the client as UNAVAILABLE or INTERNAL
+//! without leaking details.
+
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unexpected: {0}")]
+    Unexpected(String),
+}
+
+impl ChatError {
+    pub fn code(&self) -> Code {
+        match self {
+            ChatError::InvalidArgument(_) => Code::InvalidArgument,
+            ChatError::NotFound(_) => Code::NotFound,
+            ChatError::AlreadyExists(_) => Code::AlreadyExists,
+            ChatError::Unauthenticated(_) => Code::Unauthenticated,
+            ChatError::RateLimited(_) => Code::ResourceExhausted,
+            ChatError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ChatError::Unavailable(_) => Code::Unavailable,
+            ChatError::Store(e) if e.is_transient() => Code::Unavailable,
+            ChatError::Store(_) | ChatError::Unexpected(_) => Code::Internal,
+        }
+    }
+
+    /// The message a client may see: internal details stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            ChatError::Store(e) if e.is_transient() => "storage is unavailable, retry".into(),
+            ChatError::Store(_) | ChatError::Unexpected(_) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<ChatError> for Status {
+    fn from(e: ChatError) -> Status {
+        let code = e.code();
+        if matches!(code, Code::Internal | Code::Unavailable) {
+            tracing::error!(error = %e, "request failed");
+        }
+        Status::new(code, e.public_message())
+    }
+}
+
+/// The gRPC name of a status code, as `Error` frames and the CLI print it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,129 @@
+//! The registry of sessions connected to this process, and delivery to them.
+//!
+//! Delivery never blocks: each session has a bounded inbox, and a session whose inbox
+//! is full is closed with UNAVAILABLE (it resumes from its cursors when it reconnects,
+//! and the store has everything). So one slow consumer cannot stall fan-out to others,
+//! and memory stays bounded by sessions x inbox capacity.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::domain::{Event, UserId};
+
+/// Ends one session's stream, with the status the client will see.
+#[derive(Clone)]
+pub struct Closer {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<Status>>>,
+}
+
+impl Closer {
+    pub fn new(token: CancellationToken) -> Self {
+        Closer { token, reason: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Closes with an error status; the first reason given wins.
+    pub fn close_with(&self, status: Status) {
+        if let Ok(mut reason) = self.reason.lock() {
+            reason.get_or_insert(status);
+        }
+        self.token.cancel();
+    }
+
+    /// Closes the stream normally (the client went away or hung up).
+    pub fn close(&self) {
+        self.token.cancel();
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    pub fn take_reason(&self) -> Option<Status> {
+        self.reason.lock().ok().and_then(|mut r| r.take())
+    }
+}
+
+struct Registered {
+    id: u64,
+    inbox: mpsc::Sender<Event>,
+    closer: Closer,
+}
+
+pub struct Hub {
+    sessions: Mutex<HashMap<UserId, Vec<Registered>>>,
+    next_id: AtomicU64,
+    inbox_capacity: usize,
+}
+
+/// A session's place in the hub; dropping it removes the session.
+pub struct Registration {
+    hub: Arc<Hub>,
+    user: UserId,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.remove(self.user, self.id);
+    }
+}
+
+impl Hub {
+    pub fn new(inbox_capacity: usize) -> Arc<Self> {
+        Arc::new(Hub {
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            inbox_capacity: inbox_capacity.max(1),
+        })
+    }
+
+    /// Adds a session of `user`; events for the user arrive on the returned inbox.
+    pub fn register(self: &Arc<Self>, user: UserId, closer: Closer) -> (Registration, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(self.inbox_capacity);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.entry(user).or_default().push(Registered { id, inbox: tx, closer });
+        }
+        (Registration { hub: self.clone(), user, id }, rx)
+    }
+
+    fn remove(&self, user: UserId, id: u64) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            if let Some(list) = sessions.get_mut(&user) {
+                list.retain(|r| r.id != id);
+                if list.is_empty() {
+                    sessions.remove(&user);
+                }
+            }
+        }
+    }
+
+    /// Hands the event to every local session of `user` without waiting.
+    pub fn deliver(&self, user: UserId, event: &Event) {
+        let Ok(sessions) = self.sessions.lock() else { return };
+        let Some(list) = sessions.get(&user) else { return };
+        for session in list {
+            match session.inbox.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(%user, session = session.id, "session fell behind; closing it");
+                    session.closer.close_with(Status::unavailable(
+                        "session fell behind; reconnect to resume from your cursors",
+                    ));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// Number of connected sessions, for metrics and tests.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().map(|s| s.values().map(Vec::len).sum()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,176 @@
+//! Assembles the server: store, hub, bus, services, the HTTP/2 limits, health and
+//! reflection, and a shutdown that is bounded in time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_proto::v1::auth_service_server::AuthServiceServer;
+use chat_proto::v1::chat_service_server::ChatServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::api::{auth::AuthApi, chat::ChatApi};
+use crate::auth::Auth;
+use crate::bus::InProcessBus;
+use crate::chat::{Chat, Limits};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+
+/// Largest protobuf message the server decodes: a chat frame is small, so the 4 MiB
+/// default would only help abuse.
+const MAX_DECODED_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub chat: Arc<Chat>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Stops accepting, closes every session with UNAVAILABLE, and waits (bounded by the
+    /// configured grace) for calls in flight.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server stops on its own.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(ServeError::Config(format!("server task failed: {e}"))),
+        }
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+async fn open_store(config: &Config) -> Result<Arc<SqliteStore>, ServeError> {
+    let url = config.resolved_database_url();
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Arc::new(SqliteStore::open(&url, 4).await?))
+    } else {
+        Err(ServeError::Config(format!(
+            "unsupported database URL {url:?}: this build stores in SQLite (sqlite://PATH)"
+        )))
+    }
+}
+
+/// Opens the store and serves on `listener` until shut down.
+pub async fn start(config: Config, listener: TcpListener) -> Result<Running, ServeError> {
+    let addr = listener.local_addr()?;
+    let sqlite = open_store(&config).await?;
+    let store: Arc<dyn Store> = sqlite.clone();
+    let hub = Hub::new(config.session_queue);
+    let bus = Arc::new(InProcessBus::new(hub.clone()));
+    let chat = Arc::new(Chat::new(
+        store.clone(),
+        bus,
+        hub,
+        Limits {
+            max_message_bytes: config.max_message_bytes,
+            send_rate_per_second: config.send_rate,
+            send_burst: config.send_burst,
+            heartbeat_interval: config.heartbeat_interval,
+            presence_timeout: config.presence_timeout,
+        },
+    ));
+    let hashers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let auth = Arc::new(Auth::new(store, config.token_ttl, hashers));
+    let shutdown = CancellationToken::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ChatServiceServer<ChatApi>>().await;
+    health.set_serving::<AuthServiceServer<AuthApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let chat_service = ChatServiceServer::new(ChatApi::new(chat.clone(), auth.clone(), shutdown.clone()))
+        .max_decoding_message_size(MAX_DECODED_BYTES);
+    let auth_service = AuthServiceServer::new(AuthApi::new(auth)).max_decoding_message_size(MAX_DECODED_BYTES);
+
+    let sweeper = {
+        let chat = chat.clone();
+        let stop = shutdown.clone();
+        let every = (config.presence_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => chat.sweep().await,
+                }
+            }
+        })
+    };
+
+    let router = Server::builder()
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .http2_max_local_error_reset_streams(Some(1024))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(auth_service)
+        .add_service(chat_service);
+
+    let stop = shutdown.clone();
+    let grace = config.shutdown_grace;
+    let task = tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(listener);
+        let signal = stop.clone().cancelled_owned();
+        let serve = router.serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(serve);
+        let result = tokio::select! {
+            result = &mut serve => result.map_err(ServeError::from),
+            _ = stop.cancelled() => {
+                tracing::info!("shutting down: closing sessions, draining calls");
+                health.set_not_serving::<ChatServiceServer<ChatApi>>().await;
+                health.set_not_serving::<AuthServiceServer<AuthApi>>().await;
+                match tokio::time::timeout(grace, &mut serve).await {
+                    Ok(result) => result.map_err(ServeError::from),
+                    Err(_) => {
+                        tracing::warn!(?grace, "calls still open after the grace period; stopping anyway");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        stop.cancel();
+        let _ = sweeper.await;
+        sqlite.close().await;
+        result
+    });
+    tracing::info!(%addr, "chat server listening");
+    Ok(Running { addr, chat, shutdown, task })
+}

@@ -1,0 +1,254 @@
+//! One connected device: the stream of frames the server sends it.
+//!
+//! A session registers in the hub before it reads the store, so nothing committed
+//! in between is missed. It then replays every conversation from the client's cursors
+//! (or from the user's delivered watermark), says "caught up", and forwards live
+//! events, keeping the last seq it sent per conversation: an older seq is a duplicate
+//! and is dropped, a jump is filled from the store first. So a client sees every
+//! message once, in order, whatever the bus lost.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chat_proto::v1 as pb;
+use futures::{Stream, StreamExt};
+use pb::server_frame::Kind;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::api::convert;
+use crate::chat::Chat;
+use crate::domain::{ConversationId, Event, MessageStatus};
+use crate::error::ChatError;
+use crate::hub::{Closer, Registration};
+use crate::store::DeviceSession;
+
+/// Frames buffered towards one client before the session waits for it to read.
+const OUTBOUND_FRAMES: usize = 64;
+/// Messages read from the store per page during catch-up and gap fills.
+const REPLAY_PAGE: u32 = 500;
+
+pub type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>> + Send>>;
+
+/// The handle the transport keeps to answer requests on the session's stream.
+#[derive(Clone)]
+pub struct Session {
+    pub device: DeviceSession,
+    out: mpsc::Sender<pb::ServerFrame>,
+    closer: Closer,
+}
+
+impl Session {
+    /// Queues a frame (an ack or an error) for the client; false once the session ended.
+    pub async fn emit(&self, frame: pb::ServerFrame) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.closer.token().cancelled() => false,
+            sent = self.out.send(frame) => sent.is_ok(),
+        }
+    }
+
+    pub fn close(&self) {
+        self.closer.close();
+    }
+
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.closer.token().cancelled()
+    }
+}
+
+/// Starts a session for `device` resuming from `cursors`; returns its handle and the
+/// stream of frames to send.
+pub fn open(
+    chat: Arc<Chat>,
+    device: DeviceSession,
+    cursors: HashMap<ConversationId, u64>,
+    shutdown: &CancellationToken,
+) -> (Session, FrameStream) {
+    let closer = Closer::new(shutdown.child_token());
+    let (out, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
+    let (registration, inbox) = chat.hub.register(device.user.id, closer.clone());
+    let session = Session { device: device.clone(), out: out.clone(), closer: closer.clone() };
+    let worker = Worker {
+        chat,
+        device,
+        client_cursors: cursors,
+        cursors: HashMap::new(),
+        inbox,
+        out,
+        closer: closer.clone(),
+        _registration: registration,
+    };
+    tokio::spawn(worker.run());
+
+    let ended = closer.token().clone().cancelled_owned();
+    let shutdown = shutdown.clone();
+    let tail = futures::stream::once(async move {
+        closer.take_reason().or_else(|| {
+            shutdown
+                .is_cancelled()
+                .then(|| Status::unavailable("server is shutting down; reconnect to resume"))
+        })
+    })
+    .filter_map(|reason| futures::future::ready(reason.map(Err)));
+    let frames = ReceiverStream::new(out_rx).map(Ok).take_until(ended).chain(tail);
+    (session, Box::pin(frames))
+}
+
+/// Why the worker stopped.
+enum Stop {
+    /// The client left or the session was closed from outside.
+    Closed,
+    Failed(ChatError),
+}
+
+impl From<ChatError> for Stop {
+    fn from(e: ChatError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+impl From<crate::store::StoreError> for Stop {
+    fn from(e: crate::store::StoreError) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+struct Worker {
+    chat: Arc<Chat>,
+    device: DeviceSession,
+    client_cursors: HashMap<ConversationId, u64>,
+    /// The last seq sent to this client, per conversation.
+    cursors: HashMap<ConversationId, u64>,
+    inbox: mpsc::Receiver<Event>,
+    out: mpsc::Sender<pb::ServerFrame>,
+    closer: Closer,
+    _registration: Registration,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        self.chat.stream_opened(&self.device).await;
+        let _offline = PresenceGuard { chat: self.chat.clone(), device: self.device.clone() };
+        match self.serve().await {
+            Ok(()) | Err(Stop::Closed) => self.closer.close(),
+            Err(Stop::Failed(e)) => {
+                tracing::warn!(error = %e, user = %self.device.user.name, "session failed");
+                self.closer.close_with(Status::from(e));
+            }
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), Stop> {
+        self.emit(convert::frame(Kind::Welcome(pb::Welcome {
+            session_id: Uuid::new_v4().to_string(),
+            user: Some(convert::user(&self.device.user)),
+            heartbeat_interval: prost_types::Duration::try_from(self.chat.limits.heartbeat_interval).ok(),
+        })))
+        .await?;
+        self.catch_up().await?;
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = self.closer.token().cancelled() => return Err(Stop::Closed),
+                _ = self.out.closed() => return Err(Stop::Closed),
+                event = self.inbox.recv() => event,
+            };
+            match event {
+                Some(event) => self.forward(event).await?,
+                None => return Err(Stop::Closed),
+            }
+        }
+    }
+
+    /// Replays everything after the resume points, then the peers' receipts, then
+    /// "caught up" with the cursors the client now holds.
+    async fn catch_up(&mut self) -> Result<(), Stop> {
+        let positions = self.chat.store.positions(self.device.user.id).await?;
+        for p in positions {
+            let from = match self.client_cursors.get(&p.conversation_id) {
+                Some(&seq) => seq.min(p.last_seq),
+                None => p.delivered_seq,
+            };
+            self.cursors.insert(p.conversation_id, from);
+            self.fill(p.conversation_id, p.last_seq).await?;
+        }
+        for receipt in self.chat.store.peer_receipts(self.device.user.id).await? {
+            self.emit(convert::frame(Kind::Receipt(convert::receipt(&receipt)))).await?;
+        }
+        let mut cursors: Vec<pb::Cursor> = self
+            .cursors
+            .iter()
+            .map(|(c, &seq)| pb::Cursor { conversation_id: c.to_string(), seq })
+            .collect();
+        cursors.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
+        self.emit(convert::frame(Kind::CaughtUp(pb::CaughtUp { cursors }))).await
+    }
+
+    /// Sends the stored messages after this session's cursor up to `through`.
+    async fn fill(&mut self, conversation: ConversationId, through: u64) -> Result<(), Stop> {
+        loop {
+            let cursor = self.cursors.get(&conversation).copied().unwrap_or(0);
+            if cursor >= through {
+                return Ok(());
+            }
+            let want = u32::try_from(through - cursor).unwrap_or(u32::MAX).min(REPLAY_PAGE);
+            let page = self.chat.store.messages_after(conversation, cursor, want).await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for message in page {
+                let seq = message.seq;
+                self.emit(convert::frame(Kind::Message(convert::message(&message, MessageStatus::Sent))))
+                    .await?;
+                self.cursors.insert(conversation, seq);
+            }
+        }
+    }
+
+    async fn forward(&mut self, event: Event) -> Result<(), Stop> {
+        if let Event::Message(message) = &event {
+            let conversation = message.conversation_id;
+            let cursor = self.cursors.get(&conversation).copied().unwrap_or(0);
+            if message.seq <= cursor {
+                return Ok(());
+            }
+            if message.seq > cursor + 1 {
+                tracing::debug!(%conversation, cursor, seq = message.seq, "gap; filling from the store");
+                self.fill(conversation, message.seq - 1).await?;
+            }
+            self.emit(convert::event_frame(&event)).await?;
+            self.cursors.insert(conversation, message.seq);
+            return Ok(());
+        }
+        self.emit(convert::event_frame(&event)).await
+    }
+
+    async fn emit(&self, frame: pb::ServerFrame) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+            _ = self.closer.token().cancelled() => Err(Stop::Closed),
+            sent = self.out.send(frame) => sent.map_err(|_| Stop::Closed),
+        }
+    }
+}
+
+/// Marks the device's stream closed for presence, however the worker ends.
+struct PresenceGuard {
+    chat: Arc<Chat>,
+    device: DeviceSession,
+}
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        let chat = self.chat.clone();
+        let device = self.device.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { chat.stream_closed(&device).await });
+        }
+    }
+}

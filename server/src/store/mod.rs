@@ -1,0 +1,152 @@
+//! The message store: the single source of truth. One trait, one implementation per
+//! backend; methods are grouped by entity (users, sessions, conversations, messages,
+//! receipts) in the same order in every backend.
+//!
+//! The store knows nothing of protobuf or sessions. It enforces, inside its
+//! transactions, the invariants that need atomicity: gapless per-conversation `seq`,
+//! idempotent sends keyed by (conversation, sender, client_msg_id), and forward-only
+//! receipt watermarks clamped to `last_seq`.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    ClientMsgId, ConversationId, ConversationKind, DeviceId, Message, MessageText, Receipt,
+    Timestamp, UserId, UserName, UserRef,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists")]
+    Conflict,
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Worth retrying: the database was busy or unreachable, nothing was decided.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// A user with the stored password hash, for login.
+#[derive(Clone, Debug)]
+pub struct UserCredentials {
+    pub user: UserRef,
+    pub password_hash: String,
+}
+
+/// A device session as stored: the token itself is never stored, only its hash.
+#[derive(Clone, Debug)]
+pub struct DeviceSession {
+    pub id: DeviceId,
+    pub user: UserRef,
+    pub device_name: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// A message to store.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub conversation_id: ConversationId,
+    pub sender: UserRef,
+    pub client_msg_id: ClientMsgId,
+    pub text: MessageText,
+}
+
+/// The result of a send: the stored message, and whether it was stored earlier by a
+/// send with the same idempotency key (then nothing new was stored).
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub message: Message,
+    pub duplicate: bool,
+}
+
+/// One conversation as its member sees it in their list.
+#[derive(Clone, Debug)]
+pub struct ConversationSummary {
+    pub id: ConversationId,
+    pub kind: ConversationKind,
+    pub last_seq: u64,
+    pub last_message: Option<Message>,
+    pub own: Receipt,
+    /// Every other member's receipt (one for a direct conversation).
+    pub others: Vec<Receipt>,
+}
+
+/// A member's own watermarks in one conversation, beside its last seq.
+#[derive(Clone, Copy, Debug)]
+pub struct Position {
+    pub conversation_id: ConversationId,
+    pub last_seq: u64,
+    pub delivered_seq: u64,
+    pub read_seq: u64,
+}
+
+/// A member's position before and after a receipt update.
+#[derive(Clone, Debug)]
+pub struct ReceiptUpdate {
+    pub receipt: Receipt,
+    pub changed: bool,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- users ---
+    /// Creates a user; `Conflict` if the name is taken.
+    async fn create_user(&self, name: &UserName, password_hash: &str) -> Result<UserRef, StoreError>;
+    async fn user_by_name(&self, name: &UserName) -> Result<Option<UserCredentials>, StoreError>;
+    /// Last seen of each given user that has one.
+    async fn last_seen(&self, users: &[UserId]) -> Result<Vec<(UserId, Timestamp)>, StoreError>;
+    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> Result<(), StoreError>;
+
+    // --- device sessions ---
+    async fn create_session(&self, session: &DeviceSession, token_hash: &str) -> Result<(), StoreError>;
+    async fn session_by_token_hash(&self, token_hash: &str) -> Result<Option<DeviceSession>, StoreError>;
+    async fn delete_session(&self, id: DeviceId) -> Result<(), StoreError>;
+
+    // --- conversations and members ---
+    /// Creates the direct conversation of two users if it does not exist yet.
+    async fn ensure_direct(&self, a: UserId, b: UserId) -> Result<ConversationId, StoreError>;
+    /// Every member's receipt; empty if the conversation does not exist.
+    async fn members(&self, conversation: ConversationId) -> Result<Vec<Receipt>, StoreError>;
+    /// The user's receipt, or None when they are not a member.
+    async fn membership(&self, conversation: ConversationId, user: UserId) -> Result<Option<Receipt>, StoreError>;
+    /// The user's conversations, most recently active first, at most `limit`.
+    async fn conversations_of(&self, user: UserId, limit: u32) -> Result<Vec<ConversationSummary>, StoreError>;
+    /// Where the user stands in each of their conversations: what a reconnect resumes from.
+    async fn positions(&self, user: UserId) -> Result<Vec<Position>, StoreError>;
+    /// The receipts of everyone else in the user's conversations.
+    async fn peer_receipts(&self, user: UserId) -> Result<Vec<Receipt>, StoreError>;
+    /// Everyone who shares a conversation with the user: who sees their presence.
+    async fn contacts(&self, user: UserId) -> Result<Vec<UserRef>, StoreError>;
+
+    // --- messages ---
+    /// Stores a message with `seq = last_seq + 1`, or returns the message stored earlier
+    /// with the same (conversation, sender, client_msg_id). Returns after commit.
+    async fn append_message(&self, message: NewMessage) -> Result<Appended, StoreError>;
+    /// Messages with seq > `after`, ascending, at most `limit`.
+    async fn messages_after(&self, conversation: ConversationId, after: u64, limit: u32) -> Result<Vec<Message>, StoreError>;
+    /// Messages with seq < `before`, the newest `limit` of them, ascending.
+    async fn messages_before(&self, conversation: ConversationId, before: u64, limit: u32) -> Result<Vec<Message>, StoreError>;
+
+    // --- receipts ---
+    /// Moves the member's watermarks forward to at least the given values, clamped to
+    /// the conversation's last seq; read implies delivered. None when not a member.
+    async fn advance_receipt(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        delivered_seq: u64,
+        read_seq: u64,
+    ) -> Result<Option<ReceiptUpdate>, StoreError>;
+}
