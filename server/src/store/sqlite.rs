@@ -489,6 +489,17 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
+        // The sender has seen their own message: it never counts as unread for them.
+        sqlx::query(
+            "UPDATE members SET delivered_seq = max(delivered_seq, ?1), read_seq = max(read_seq, ?1) \
+             WHERE conversation_id = ?2 AND user_id = ?3",
+        )
+        .bind(seq_param(seq))
+        .bind(&conv)
+        .bind(&sender)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
         Ok(Appended {
             message: Message {

@@ -1,1 +1,400 @@
-fn main(){}
+//! `chat`: the command-line client, for people and for scripts (`--json`).
+//!
+//! Sessions are saved per user name in the config directory, with the cursors `watch`
+//! resumes from, so a later `watch` gets exactly what arrived in between.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context};
+use chat_sdk::{proto, Client, Cursors, Event, Page, SessionOptions, Target};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "chat", version, about = "Command-line client for the chat server")]
+struct Cli {
+    /// Server address.
+    #[arg(long, env = "CHAT_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    server: String,
+    /// Use the saved session of this user (default: the last one logged in).
+    #[arg(long = "as", env = "CHAT_AS", global = true)]
+    as_user: Option<String>,
+    /// Where sessions are saved (default: $XDG_CONFIG_HOME/chat).
+    #[arg(long, env = "CHAT_CONFIG_DIR", global = true)]
+    config_dir: Option<PathBuf>,
+    /// Print one JSON object per line, each with a "type" field.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an account and save its session.
+    Register {
+        name: String,
+        #[arg(long, env = "CHAT_PASSWORD")]
+        password: String,
+    },
+    /// Log in and save a session.
+    Login {
+        name: String,
+        #[arg(long, env = "CHAT_PASSWORD")]
+        password: String,
+    },
+    /// End the saved session on the server and forget it.
+    Logout,
+    /// Send TEXT to the user TO; prints the ack.
+    Send { to: String, text: String },
+    /// Stay connected and print messages, receipts, presence and typing as they come.
+    Watch {
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many seconds without an event.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Mark the conversation with TO read.
+    Read {
+        to: String,
+        /// Read up to this seq (default: everything).
+        #[arg(long)]
+        up_to: Option<u64>,
+    },
+    /// Show the conversation with TO, newest page first.
+    History {
+        to: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Show messages before this seq (page back).
+        #[arg(long)]
+        before: Option<u64>,
+    },
+    /// List conversations with their last message and unread count.
+    Conversations,
+    /// Show whether NAME is online, or when they were last seen.
+    Presence { name: String },
+}
+
+/// A saved device session.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    server: String,
+    name: String,
+    user_id: String,
+    token: String,
+    #[serde(default)]
+    cursors: Cursors,
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn emit(&self, value: serde_json::Value, text: String) {
+        let mut out = std::io::stdout().lock();
+        let _ = if self.json { writeln!(out, "{value}") } else { writeln!(out, "{text}") };
+        let _ = out.flush();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<chat_sdk::Error>() {
+                Some(sdk) => eprintln!("error: {sdk}"),
+                None => eprintln!("error: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = config_dir(cli.config_dir.clone())?;
+    let out = Output { json: cli.json };
+    match cli.command {
+        Command::Register { ref name, ref password } => {
+            let client = Client::connect(&cli.server).await?;
+            let creds = client.register(name, password, "cli").await?;
+            save_new(&dir, &cli.server, creds, &out, "registered")
+        }
+        Command::Login { ref name, ref password } => {
+            let client = Client::connect(&cli.server).await?;
+            let creds = client.login(name, password, "cli").await?;
+            save_new(&dir, &cli.server, creds, &out, "logged in")
+        }
+        Command::Logout => {
+            let (saved, client) = logged_in(&cli, &dir).await?;
+            client.logout().await?;
+            std::fs::remove_file(session_path(&dir, &saved.name)).ok();
+            out.emit(json!({"type": "logout", "user": saved.name}), format!("logged out {}", saved.name));
+            Ok(())
+        }
+        Command::Send { ref to, ref text } => {
+            let (_, client) = logged_in(&cli, &dir).await?;
+            let ack = client.send(Target::User(to.clone()), text).await?;
+            out.emit(
+                json!({"type": "sent", "conversation_id": ack.conversation_id, "seq": ack.seq, "id": ack.message_id,
+                       "client_msg_id": ack.client_msg_id, "duplicate": ack.duplicate}),
+                format!("sent #{} to {to}", ack.seq),
+            );
+            Ok(())
+        }
+        Command::Watch { count, timeout } => {
+            let (saved, client) = logged_in(&cli, &dir).await?;
+            watch(&dir, saved, client, count, timeout, &out).await
+        }
+        Command::Read { ref to, up_to } => {
+            let (_, client) = logged_in(&cli, &dir).await?;
+            let conversation = client.open_direct(to).await?;
+            let receipt = client.mark_read(&conversation.id, up_to.unwrap_or(0)).await?;
+            print_receipt(&out, &receipt);
+            Ok(())
+        }
+        Command::History { ref to, limit, before } => {
+            let (saved, client) = logged_in(&cli, &dir).await?;
+            let conversation = client.open_direct(to).await?;
+            let page = before.map(Page::Before).unwrap_or(Page::Latest);
+            let history = client.history(&conversation.id, page, limit).await?;
+            for m in &history.messages {
+                print_message(&out, m, Some(status_name(m.status())), &saved.name);
+            }
+            if history.has_more && !out.json {
+                if let Some(first) = history.messages.first() {
+                    println!("(older messages: chat history {to} --before {})", first.seq);
+                }
+            }
+            Ok(())
+        }
+        Command::Conversations => {
+            let (_, client) = logged_in(&cli, &dir).await?;
+            for c in client.conversations().await? {
+                let peer = c.peer.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+                let last = c.last_message.as_ref().map(|m| m.text.clone()).unwrap_or_default();
+                let presence = c.peer_presence.as_ref().map(presence_text).unwrap_or_default();
+                out.emit(
+                    json!({"type": "conversation", "conversation_id": c.id, "peer": peer, "last_seq": c.last_seq,
+                           "unread": c.unread, "last_message": last,
+                           "online": c.peer_presence.as_ref().map(|p| p.online)}),
+                    format!("{peer:<16} {:>3} unread  {presence:<28} {last}", c.unread),
+                );
+            }
+            Ok(())
+        }
+        Command::Presence { ref name } => {
+            let (_, client) = logged_in(&cli, &dir).await?;
+            for p in client.presence(&[name.as_str()]).await? {
+                print_presence(&out, &p);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn watch(
+    dir: &Path,
+    mut saved: Saved,
+    client: Client,
+    count: Option<usize>,
+    timeout: Option<f64>,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let mut session = client.open_session(saved.cursors.clone(), SessionOptions::default()).await?;
+    let idle = timeout.map(Duration::from_secs_f64);
+    let mut seen = 0usize;
+    let mut caught_up = false;
+    let me = saved.name.clone();
+    let result = loop {
+        if count.is_some_and(|n| seen >= n) {
+            break Ok(());
+        }
+        let next = tokio::select! {
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            next = async {
+                match idle {
+                    Some(idle) => tokio::time::timeout(idle, session.next_event()).await.ok(),
+                    None => Some(session.next_event().await),
+                }
+            } => next,
+        };
+        let Some(event) = next else { break Ok(()) };
+        match event {
+            None => break Ok(()),
+            Some(Event::Closed(None)) => break Ok(()),
+            Some(Event::Closed(Some(status))) => break Err(anyhow::Error::new(chat_sdk::Error::Status(status))),
+            Some(Event::CaughtUp) => {
+                caught_up = true;
+                if !out.json {
+                    eprintln!("-- caught up --");
+                }
+            }
+            // Receipts replayed before "caught up" are a snapshot, not news.
+            Some(Event::Receipt(_)) if !caught_up => {}
+            Some(Event::Message(m)) => {
+                seen += 1;
+                print_message(out, &m, None, &me);
+            }
+            Some(Event::Receipt(r)) => {
+                seen += 1;
+                print_receipt(out, &r);
+            }
+            Some(Event::Presence(p)) => {
+                seen += 1;
+                print_presence(out, &p);
+            }
+            Some(Event::Typing(t)) => {
+                seen += 1;
+                let user = t.user.map(|u| u.name).unwrap_or_default();
+                out.emit(
+                    json!({"type": "typing", "conversation_id": t.conversation_id, "user": user, "typing": t.typing}),
+                    if t.typing { format!("{user} is typing…") } else { format!("{user} stopped typing") },
+                );
+            }
+            Some(Event::Error(e)) => eprintln!("error: {}: {}", e.code, e.message),
+        }
+    };
+    // Let the coalesced delivery acks for the last messages go out before closing.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    saved.cursors = session.cursors();
+    session.close();
+    save(dir, &saved)?;
+    result
+}
+
+fn timestamp_text(t: Option<&prost_types::Timestamp>) -> Option<String> {
+    let t = t?;
+    let at = UNIX_EPOCH + Duration::new(u64::try_from(t.seconds).ok()?, u32::try_from(t.nanos).ok()?);
+    Some(humantime::format_rfc3339_millis(at).to_string())
+}
+
+fn status_name(s: proto::MessageStatus) -> &'static str {
+    match s {
+        proto::MessageStatus::Read => "read",
+        proto::MessageStatus::Delivered => "delivered",
+        _ => "sent",
+    }
+}
+
+fn print_message(out: &Output, m: &proto::Message, status: Option<&str>, me: &str) {
+    let sender = m.sender.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+    let sent_at = timestamp_text(m.sent_at.as_ref());
+    let mut value = json!({"type": "message", "conversation_id": m.conversation_id, "seq": m.seq, "id": m.id,
+                           "sender": sender, "text": m.text, "sent_at": sent_at});
+    let mut text = format!("#{:<4} {sender}: {}", m.seq, m.text);
+    if let Some(status) = status {
+        value["status"] = json!(status);
+        if sender == me {
+            let tick = match status {
+                "read" => "✓✓ read",
+                "delivered" => "✓✓",
+                _ => "✓",
+            };
+            text.push_str(&format!("  {tick}"));
+        }
+    }
+    out.emit(value, text);
+}
+
+fn print_receipt(out: &Output, r: &proto::Receipt) {
+    let user = r.user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+    out.emit(
+        json!({"type": "receipt", "conversation_id": r.conversation_id, "user": user,
+               "delivered_seq": r.delivered_seq, "read_seq": r.read_seq}),
+        format!("{user}: delivered up to #{}, read up to #{}", r.delivered_seq, r.read_seq),
+    );
+}
+
+fn presence_text(p: &proto::Presence) -> String {
+    if p.online {
+        "online".into()
+    } else {
+        match timestamp_text(p.last_seen.as_ref()) {
+            Some(at) => format!("last seen {at}"),
+            None => "offline".into(),
+        }
+    }
+}
+
+fn print_presence(out: &Output, p: &proto::Presence) {
+    let user = p.user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+    out.emit(
+        json!({"type": "presence", "user": user, "online": p.online, "last_seen": timestamp_text(p.last_seen.as_ref())}),
+        format!("{user}: {}", presence_text(p)),
+    );
+}
+
+// --- saved sessions ---
+
+fn config_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = flag {
+        return Ok(dir);
+    }
+    if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("chat"));
+    }
+    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("set HOME, XDG_CONFIG_HOME or --config-dir"))?;
+    Ok(PathBuf::from(home).join(".config").join("chat"))
+}
+
+fn session_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("sessions").join(format!("{name}.json"))
+}
+
+fn save(dir: &Path, saved: &Saved) -> anyhow::Result<()> {
+    let path = session_path(dir, &saved.name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(saved)?)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn save_new(dir: &Path, server: &str, creds: chat_sdk::Credentials, out: &Output, verb: &str) -> anyhow::Result<()> {
+    let saved = Saved {
+        server: server.to_owned(),
+        name: creds.user.name.clone(),
+        user_id: creds.user.id.clone(),
+        token: creds.token,
+        cursors: Cursors::new(),
+    };
+    save(dir, &saved)?;
+    std::fs::write(dir.join("current"), &saved.name)?;
+    out.emit(
+        json!({"type": "session", "user": saved.name, "user_id": saved.user_id,
+               "expires_at": timestamp_text(creds.expires_at.as_ref())}),
+        format!("{verb} as {}", saved.name),
+    );
+    Ok(())
+}
+
+async fn logged_in(cli: &Cli, dir: &Path) -> anyhow::Result<(Saved, Client)> {
+    let name = match &cli.as_user {
+        Some(name) => name.to_ascii_lowercase(),
+        None => std::fs::read_to_string(dir.join("current"))
+            .map(|s| s.trim().to_owned())
+            .map_err(|_| anyhow!("not logged in: run `chat register NAME` or `chat login NAME` first"))?,
+    };
+    let raw = std::fs::read(session_path(dir, &name))
+        .map_err(|_| anyhow!("no saved session for {name}: run `chat login {name}`"))?;
+    let saved: Saved = serde_json::from_slice(&raw).context("saved session is unreadable")?;
+    let client = Client::connect(&cli.server).await?.with_token(&saved.token)?;
+    Ok((saved, client))
+}

@@ -1,0 +1,67 @@
+//! The SDK's error type.
+
+use tonic::Code;
+
+/// What can go wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server address could not be parsed.
+    #[error("invalid server address {0:?}")]
+    InvalidAddress(String),
+    /// The connection could not be made.
+    #[error("cannot reach the server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The server answered with an error status.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The call needs a logged-in client.
+    #[error("UNAUTHENTICATED: not logged in")]
+    NotLoggedIn,
+    /// The session's stream has ended.
+    #[error("UNAVAILABLE: the session has ended")]
+    SessionClosed,
+    /// The server broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The gRPC status code this error corresponds to.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidAddress(_) => Code::InvalidArgument,
+            Error::Transport(_) | Error::SessionClosed => Code::Unavailable,
+            Error::Status(s) => s.code(),
+            Error::NotLoggedIn => Code::Unauthenticated,
+            Error::Protocol(_) => Code::Internal,
+        }
+    }
+
+    /// Worth retrying with the same request (and the same `client_msg_id`).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Unknown)
+    }
+}
+
+/// The canonical name of a gRPC status code (`NOT_FOUND`, ...).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,310 @@
+//! `Session`: one live `Connect` stream, turned into one ordered stream of typed events.
+//!
+//! The session drops messages it already holds (by conversation and seq), acknowledges
+//! delivery of the rest (coalesced: one ack per conversation per burst), heartbeats at
+//! the interval the server asks for, and matches send acks to the sends awaiting them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{new_client_msg_id, send_message, ChatStub, Target};
+use crate::cursors::Cursors;
+use crate::error::Error;
+use crate::proto;
+use proto::client_frame::Kind as In;
+use proto::server_frame::Kind as Out;
+
+/// Events buffered for the application before the session stops reading the stream.
+const EVENT_BUFFER: usize = 1024;
+
+/// How a session behaves.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Acknowledge delivery of every message as it arrives (what a messaging app does).
+    pub auto_ack: bool,
+    /// Heartbeat at this interval instead of the one the server asks for; `Some(ZERO)`
+    /// turns heartbeats off (the device then shows offline after the presence timeout).
+    pub heartbeat_interval: Option<Duration>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { auto_ack: true, heartbeat_interval: None }
+    }
+}
+
+/// Something that happened, in the order the server sent it.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A message, seen for the first time by this client.
+    Message(proto::Message),
+    /// A member's delivered / read watermarks moved.
+    Receipt(proto::Receipt),
+    /// A contact came online or went offline.
+    Presence(proto::Presence),
+    /// A member started or stopped typing.
+    Typing(proto::Typing),
+    /// Everything stored before the session started has been replayed.
+    CaughtUp,
+    /// A request sent on the stream (not a send) failed.
+    Error(proto::Error),
+    /// The stream ended: `None` when closed normally, else the status it ended with.
+    Closed(Option<tonic::Status>),
+}
+
+type PendingSends = Mutex<HashMap<String, oneshot::Sender<Result<proto::SendAck, Error>>>>;
+
+struct Shared {
+    cursors: Mutex<Cursors>,
+    pending: PendingSends,
+}
+
+/// A live session. Dropping it ends the stream.
+pub struct Session {
+    user: proto::User,
+    frames: mpsc::Sender<proto::ConnectRequest>,
+    events: mpsc::Receiver<Event>,
+    shared: Arc<Shared>,
+    next_request: AtomicU64,
+    stop: CancellationToken,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Session {
+    pub(crate) async fn open(mut stub: ChatStub, cursors: Cursors, options: SessionOptions) -> Result<Self, Error> {
+        let (frames, outbound) = mpsc::channel(256);
+        let hello = In::Hello(proto::Hello { cursors: cursors.to_proto() });
+        frames
+            .send(request(0, hello))
+            .await
+            .map_err(|_| Error::SessionClosed)?;
+        let mut inbound = stub.connect(ReceiverStream::new(outbound)).await?.into_inner();
+        let welcome = match inbound.message().await? {
+            Some(proto::ConnectResponse { frame: Some(proto::ServerFrame { kind: Some(Out::Welcome(w)) }) }) => w,
+            _ => return Err(Error::Protocol("the stream did not start with welcome".into())),
+        };
+        let user = welcome.user.ok_or_else(|| Error::Protocol("welcome without a user".into()))?;
+        let shared = Arc::new(Shared { cursors: Mutex::new(cursors), pending: Mutex::new(HashMap::new()) });
+        let stop = CancellationToken::new();
+        let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
+
+        let acks = options.auto_ack.then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(ack_loop(rx, frames.clone(), stop.clone()));
+            tx
+        });
+        let interval = options
+            .heartbeat_interval
+            .or_else(|| welcome.heartbeat_interval.and_then(|d| Duration::try_from(d).ok()))
+            .unwrap_or(Duration::from_secs(15));
+        if !interval.is_zero() {
+            tokio::spawn(heartbeat_loop(interval, frames.clone(), stop.clone()));
+        }
+        tokio::spawn(read_loop(inbound, shared.clone(), events_tx, acks, stop.clone()));
+        Ok(Session { user, frames, events, shared, next_request: AtomicU64::new(1), stop })
+    }
+
+    /// The logged-in user.
+    pub fn user(&self) -> &proto::User {
+        &self.user
+    }
+
+    /// The next event; `None` after [`Event::Closed`].
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The cursors a later session should resume from.
+    pub fn cursors(&self) -> Cursors {
+        self.shared.cursors.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Sends `text` on the stream with a fresh `client_msg_id` and waits for its ack.
+    pub async fn send(&self, target: Target, text: &str) -> Result<proto::SendAck, Error> {
+        self.send_with_id(target, &new_client_msg_id(), text).await
+    }
+
+    /// Sends with the given idempotency key: if the session ends before the ack, send
+    /// again with the same key (on any session) and the message is stored once.
+    pub async fn send_with_id(&self, target: Target, client_msg_id: &str, text: &str) -> Result<proto::SendAck, Error> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = self.shared.pending.lock() {
+            pending.insert(client_msg_id.to_owned(), tx);
+        }
+        let frame = In::Send(send_message(target, client_msg_id, text));
+        self.frame(frame).await?;
+        rx.await.map_err(|_| Error::SessionClosed)?
+    }
+
+    /// Acknowledges delivery up to `seq` (done automatically with `auto_ack`).
+    pub async fn ack(&self, conversation_id: &str, seq: u64) -> Result<(), Error> {
+        self.frame(In::Ack(proto::AckDelivered { conversation_id: conversation_id.to_owned(), seq })).await
+    }
+
+    /// Marks the conversation read up to `seq` (`0`: everything so far).
+    pub async fn mark_read(&self, conversation_id: &str, seq: u64) -> Result<(), Error> {
+        self.frame(In::MarkRead(proto::MarkReadUpTo { conversation_id: conversation_id.to_owned(), seq }))
+            .await
+    }
+
+    /// Tells the other members the user is typing (or stopped).
+    pub async fn typing(&self, conversation_id: &str, typing: bool) -> Result<(), Error> {
+        self.frame(In::Typing(proto::TypingSignal { conversation_id: conversation_id.to_owned(), typing }))
+            .await
+    }
+
+    /// Ends the stream; events already received can still be read.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+
+    async fn frame(&self, kind: In) -> Result<(), Error> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        self.frames.send(request(id, kind)).await.map_err(|_| Error::SessionClosed)
+    }
+}
+
+fn request(request_id: u64, kind: In) -> proto::ConnectRequest {
+    proto::ConnectRequest { frame: Some(proto::ClientFrame { request_id, kind: Some(kind) }) }
+}
+
+async fn read_loop(
+    mut inbound: tonic::Streaming<proto::ConnectResponse>,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Event>,
+    acks: Option<mpsc::UnboundedSender<(String, u64)>>,
+    stop: CancellationToken,
+) {
+    let end = loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break None,
+            next = inbound.message() => next,
+        };
+        let frame = match next {
+            Ok(Some(response)) => response.frame.and_then(|f| f.kind),
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        };
+        let event = match frame {
+            Some(Out::Message(message)) => {
+                let fresh = shared
+                    .cursors
+                    .lock()
+                    .map(|mut c| c.advance(&message.conversation_id, message.seq))
+                    .unwrap_or(true);
+                if !fresh {
+                    continue;
+                }
+                if let Some(acks) = &acks {
+                    let _ = acks.send((message.conversation_id.clone(), message.seq));
+                }
+                Event::Message(message)
+            }
+            Some(Out::SendAck(ack)) => {
+                let waiter = shared.pending.lock().ok().and_then(|mut p| p.remove(&ack.client_msg_id));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(Ok(ack));
+                }
+                continue;
+            }
+            Some(Out::Error(error)) => {
+                let waiter = (!error.client_msg_id.is_empty())
+                    .then(|| shared.pending.lock().ok().and_then(|mut p| p.remove(&error.client_msg_id)))
+                    .flatten();
+                match waiter {
+                    Some(waiter) => {
+                        let status = tonic::Status::new(code_from_name(&error.code), error.message);
+                        let _ = waiter.send(Err(Error::Status(status)));
+                        continue;
+                    }
+                    None => Event::Error(error),
+                }
+            }
+            Some(Out::CaughtUp(caught_up)) => {
+                if let Ok(mut cursors) = shared.cursors.lock() {
+                    for c in caught_up.cursors {
+                        cursors.advance(&c.conversation_id, c.seq);
+                    }
+                }
+                Event::CaughtUp
+            }
+            Some(Out::Receipt(r)) => Event::Receipt(r),
+            Some(Out::Presence(p)) => Event::Presence(p),
+            Some(Out::Typing(t)) => Event::Typing(t),
+            Some(Out::Welcome(_)) | None => continue,
+        };
+        if events.send(event).await.is_err() {
+            break None;
+        }
+    };
+    stop.cancel();
+    if let Ok(mut pending) = shared.pending.lock() {
+        for (_, waiter) in pending.drain() {
+            let _ = waiter.send(Err(Error::SessionClosed));
+        }
+    }
+    let _ = events.send(Event::Closed(end)).await;
+}
+
+/// Sends delivery acks, one per conversation for whatever arrived since the last one.
+async fn ack_loop(
+    mut rx: mpsc::UnboundedReceiver<(String, u64)>,
+    frames: mpsc::Sender<proto::ConnectRequest>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = rx.recv() => match next { Some(x) => x, None => return },
+        };
+        let mut batch: HashMap<String, u64> = HashMap::from([first]);
+        while let Ok((conversation, seq)) = rx.try_recv() {
+            let entry = batch.entry(conversation).or_insert(0);
+            *entry = (*entry).max(seq);
+        }
+        for (conversation_id, seq) in batch {
+            let ack = In::Ack(proto::AckDelivered { conversation_id, seq });
+            if frames.send(request(0, ack)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(every: Duration, frames: mpsc::Sender<proto::ConnectRequest>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if frames.send(request(0, In::Heartbeat(proto::HeartbeatSignal {}))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn code_from_name(name: &str) -> tonic::Code {
+    use tonic::Code::*;
+    [
+        Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists, PermissionDenied,
+        ResourceExhausted, FailedPrecondition, Aborted, OutOfRange, Unimplemented, Internal, Unavailable,
+        DataLoss, Unauthenticated,
+    ]
+    .into_iter()
+    .find(|c| crate::error::code_name(*c) == name)
+    .unwrap_or(Unknown)
+}
