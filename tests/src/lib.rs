@@ -1,1 +1,216 @@
+//! Test harness: real servers on port 0 (in-process, or as a child process for crash
+//! tests), users driven through the SDK, and helpers that wait for events with a
+//! deadline instead of sleeping.
 
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use chat_sdk::{proto, Client, Credentials, Cursors, Event, Session, SessionOptions};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long any single expected event may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A server configuration for tests: a private SQLite file, generous rate limits,
+/// short presence timeouts. `extra` flags override.
+pub fn config(dir: &Path, extra: &[&str]) -> chat_server::Config {
+    use clap::Parser;
+    let db = format!("sqlite://{}", dir.join("chat.db").display());
+    let defaults = [
+        ("--listen", "127.0.0.1:0"),
+        ("--database-url", db.as_str()),
+        ("--send-rate", "100000"),
+        ("--send-burst", "100000"),
+        ("--presence-timeout", "2s"),
+        ("--heartbeat-interval", "500ms"),
+        ("--shutdown-grace", "3s"),
+    ];
+    let mut args = vec!["chat-server"];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args.extend_from_slice(extra);
+    chat_server::Config::try_parse_from(args).expect("valid test configuration")
+}
+
+/// A chat server running inside the test process.
+pub struct TestServer {
+    pub url: String,
+    pub running: Option<chat_server::Running>,
+    pub dir: TempDir,
+}
+
+impl TestServer {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// Starts a server with extra command-line flags.
+    pub async fn spawn_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let running = chat_server::start(config(dir.path(), extra), listener).await.expect("server starts");
+        TestServer { url: format!("http://{}", running.addr), running: Some(running), dir }
+    }
+
+    pub fn chat(&self) -> &chat_server::chat::Chat {
+        &self.running.as_ref().expect("server running").chat
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url).await.expect("connect")
+    }
+
+    /// Registers `name` and returns a client logged in as them.
+    pub async fn user(&self, name: &str) -> User {
+        let client = self.client().await;
+        let creds = client.register(name, "correct horse battery", "test").await.expect("register");
+        let client = client.with_token(&creds.token).expect("token");
+        User { client, creds }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// A registered user with a logged-in client.
+pub struct User {
+    pub client: Client,
+    pub creds: Credentials,
+}
+
+impl User {
+    pub fn name(&self) -> &str {
+        &self.creds.user.name
+    }
+
+    pub async fn session(&self) -> Session {
+        self.session_with(Cursors::new(), SessionOptions::default()).await
+    }
+
+    pub async fn session_with(&self, cursors: Cursors, options: SessionOptions) -> Session {
+        self.client.open_session(cursors, options).await.expect("open session")
+    }
+
+    /// Sends `text` to `to` by user name and returns the ack.
+    pub async fn send(&self, to: &str, text: &str) -> proto::SendAck {
+        self.client.send(chat_sdk::Target::User(to.into()), text).await.expect("send")
+    }
+}
+
+/// Waits for the first event `pick` accepts, skipping others; fails at the deadline.
+pub async fn expect_event<T>(session: &mut Session, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, session.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+        match event {
+            Some(event) => {
+                if let Some(found) = pick(&event) {
+                    return found;
+                }
+                if let Event::Closed(status) = event {
+                    panic!("session closed ({status:?}) while waiting for {what}");
+                }
+            }
+            None => panic!("session ended while waiting for {what}"),
+        }
+    }
+}
+
+/// Collects every message until "caught up", failing at the deadline.
+pub async fn messages_until_caught_up(session: &mut Session) -> Vec<proto::Message> {
+    let mut messages = Vec::new();
+    expect_event(session, "caught up", |e| match e {
+        Event::Message(m) => {
+            messages.push(m.clone());
+            None
+        }
+        Event::CaughtUp => Some(()),
+        _ => None,
+    })
+    .await;
+    messages
+}
+
+/// Collects messages of one conversation until one with `seq >= last`.
+pub async fn messages_through(session: &mut Session, conversation_id: &str, last: u64) -> Vec<proto::Message> {
+    let mut messages = Vec::new();
+    expect_event(session, &format!("message #{last}"), |e| match e {
+        Event::Message(m) if m.conversation_id == conversation_id => {
+            messages.push(m.clone());
+            (m.seq >= last).then_some(())
+        }
+        _ => None,
+    })
+    .await;
+    messages
+}
+
+pub fn seqs(messages: &[proto::Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+/// Path of a binary built from this workspace (`cargo build --workspace --bins`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A `chat-server` child process, for tests that kill it.
+pub struct ServerProcess {
+    pub url: String,
+    child: Child,
+}
+
+impl ServerProcess {
+    /// Starts `chat-server` on port 0 with its data in `data_dir`.
+    pub async fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(workspace_bin("chat-server"))
+            .args(["--listen", "127.0.0.1:0", "--send-rate", "100000", "--send-burst", "100000"])
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", data_dir.join("chat.db").display()))
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn chat-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(DEADLINE, async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    return addr.trim().to_owned();
+                }
+            }
+            panic!("chat-server exited before listening");
+        })
+        .await
+        .expect("chat-server did not start in time");
+        ServerProcess { url: format!("http://{addr}"), child }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+}

@@ -210,7 +210,10 @@ async fn watch(
     timeout: Option<f64>,
     out: &Output,
 ) -> anyhow::Result<()> {
-    let mut session = client.open_session(saved.cursors.clone(), SessionOptions::default()).await?;
+    // Delivery is acknowledged, and the saved cursors advanced, only for what was
+    // printed: events still buffered when `--count` is reached are shown next time.
+    let options = SessionOptions { auto_ack: false, ..SessionOptions::default() };
+    let mut session = client.open_session(saved.cursors.clone(), options).await?;
     let idle = timeout.map(Duration::from_secs_f64);
     let mut seen = 0usize;
     let mut caught_up = false;
@@ -230,11 +233,13 @@ async fn watch(
         };
         let Some(event) = next else { break Ok(()) };
         match event {
-            None => break Ok(()),
-            Some(Event::Closed(None)) => break Ok(()),
+            None | Some(Event::Closed(None)) => break Ok(()),
             Some(Event::Closed(Some(status))) => break Err(anyhow::Error::new(chat_sdk::Error::Status(status))),
             Some(Event::CaughtUp) => {
                 caught_up = true;
+                for (conversation, seq) in session.cursors().iter() {
+                    saved.cursors.advance(conversation, seq);
+                }
                 if !out.json {
                     eprintln!("-- caught up --");
                 }
@@ -244,6 +249,10 @@ async fn watch(
             Some(Event::Message(m)) => {
                 seen += 1;
                 print_message(out, &m, None, &me);
+                saved.cursors.advance(&m.conversation_id, m.seq);
+                if let Err(e) = client.ack(&m.conversation_id, m.seq).await {
+                    eprintln!("warning: could not acknowledge delivery: {e}");
+                }
             }
             Some(Event::Receipt(r)) => {
                 seen += 1;
@@ -264,9 +273,6 @@ async fn watch(
             Some(Event::Error(e)) => eprintln!("error: {}: {}", e.code, e.message),
         }
     };
-    // Let the coalesced delivery acks for the last messages go out before closing.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    saved.cursors = session.cursors();
     session.close();
     save(dir, &saved)?;
     result

@@ -1,0 +1,169 @@
+//! Live delivery, receipts as watermarks, offline catch-up and resume from cursors.
+
+use chat_sdk::{Cursors, Event, SessionOptions, Target};
+use chat_tests::{expect_event, messages_through, messages_until_caught_up, seqs, TestServer};
+
+fn manual_acks() -> SessionOptions {
+    SessionOptions { auto_ack: false, ..SessionOptions::default() }
+}
+
+#[tokio::test]
+async fn live_message_and_status_sent_delivered_read() {
+    let server = TestServer::spawn().await;
+    let alex = server.user("alex").await;
+    let riya = server.user("riya").await;
+    let mut alex_session = alex.session().await;
+    let mut riya_session = riya.session_with(Cursors::new(), manual_acks()).await;
+    expect_event(&mut alex_session, "alex caught up", |e| matches!(e, Event::CaughtUp).then_some(())).await;
+    expect_event(&mut riya_session, "riya caught up", |e| matches!(e, Event::CaughtUp).then_some(())).await;
+
+    let ack = alex_session.send(Target::User("riya".into()), "lunch?").await.expect("send");
+    assert_eq!(ack.seq, 1);
+    let conv = ack.conversation_id.clone();
+
+    let got = expect_event(&mut riya_session, "the message", |e| match e {
+        Event::Message(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!((got.seq, got.text.as_str()), (1, "lunch?"));
+    assert_eq!(got.sender.as_ref().map(|u| u.name.as_str()), Some("alex"));
+    assert_eq!(got.id, ack.message_id);
+
+    let status = |page: &chat_sdk::HistoryPage| page.messages[0].status();
+    let page = alex.client.history(&conv, chat_sdk::Page::Latest, 10).await.expect("history");
+    assert_eq!(status(&page), chat_sdk::proto::MessageStatus::Sent, "nothing acked yet");
+
+    riya_session.ack(&conv, 1).await.expect("ack");
+    let receipt = expect_event(&mut alex_session, "delivered receipt", |e| match e {
+        Event::Receipt(r) if r.user.as_ref().is_some_and(|u| u.name == "riya") => Some(r.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!((receipt.delivered_seq, receipt.read_seq), (1, 0));
+    let page = alex.client.history(&conv, chat_sdk::Page::Latest, 10).await.expect("history");
+    assert_eq!(status(&page), chat_sdk::proto::MessageStatus::Delivered);
+
+    riya_session.mark_read(&conv, 1).await.expect("mark read");
+    let receipt = expect_event(&mut alex_session, "read receipt", |e| match e {
+        Event::Receipt(r) if r.user.as_ref().is_some_and(|u| u.name == "riya") => Some(r.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!((receipt.delivered_seq, receipt.read_seq), (1, 1));
+    let page = alex.client.history(&conv, chat_sdk::Page::Latest, 10).await.expect("history");
+    assert_eq!(status(&page), chat_sdk::proto::MessageStatus::Read);
+
+    // Watermarks never move back and never pass the last seq.
+    let r = riya.client.ack(&conv, 0).await.expect("ack");
+    assert_eq!((r.delivered_seq, r.read_seq), (1, 1));
+    let r = riya.client.mark_read(&conv, 99).await.expect("mark read");
+    assert_eq!((r.delivered_seq, r.read_seq), (1, 1));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn offline_recipient_gets_everything_in_order_then_caught_up() {
+    let server = TestServer::spawn().await;
+    let alex = server.user("alex").await;
+    let riya = server.user("riya").await;
+    let mut texts = Vec::new();
+    for i in 1..=1000u64 {
+        let text = format!("message {i}");
+        let ack = alex.send("riya", &text).await;
+        assert_eq!(ack.seq, i, "acks carry gapless seqs");
+        texts.push(text);
+    }
+    let mut session = riya.session().await;
+    let messages = messages_until_caught_up(&mut session).await;
+    assert_eq!(seqs(&messages), (1..=1000).collect::<Vec<_>>(), "all, in order, no gaps, no duplicates");
+    assert_eq!(messages.iter().map(|m| m.text.clone()).collect::<Vec<_>>(), texts);
+
+    // Auto-acks reach the store: a new device of Riya's with no cursors gets nothing again.
+    let conv = messages[0].conversation_id.clone();
+    expect_event(&mut session, "riya's own delivered receipt", |e| match e {
+        Event::Receipt(r) if r.delivered_seq == 1000 && r.user.as_ref().is_some_and(|u| u.name == "riya") => Some(()),
+        _ => None,
+    })
+    .await;
+    drop(session);
+    let mut again = riya.session().await;
+    assert!(messages_until_caught_up(&mut again).await.is_empty());
+    let list = riya.client.conversations().await.expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].id.as_str(), list[0].unread, list[0].last_seq), (conv.as_str(), 1000, 1000));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn reconnect_replays_only_what_is_missing() {
+    let server = TestServer::spawn().await;
+    let alex = server.user("alex").await;
+    let riya = server.user("riya").await;
+    // Riya's device does not ack, so only its cursors say what it holds.
+    let mut session = riya.session_with(Cursors::new(), manual_acks()).await;
+    messages_until_caught_up(&mut session).await;
+    let mut conv = String::new();
+    for i in 1..=5 {
+        conv = alex.send("riya", &format!("m{i}")).await.conversation_id;
+    }
+    let first = messages_through(&mut session, &conv, 5).await;
+    assert_eq!(seqs(&first), vec![1, 2, 3, 4, 5]);
+    let cursors = session.cursors();
+    assert_eq!(cursors.get(&conv), 5);
+    drop(session);
+
+    for i in 6..=10 {
+        alex.send("riya", &format!("m{i}")).await;
+    }
+    let mut resumed = riya.session_with(cursors, manual_acks()).await;
+    let replayed = messages_until_caught_up(&mut resumed).await;
+    assert_eq!(seqs(&replayed), vec![6, 7, 8, 9, 10]);
+    assert_eq!(resumed.cursors().get(&conv), 10);
+
+    // A client that lost some state resumes from an older cursor.
+    let mut older = Cursors::new();
+    older.advance(&conv, 3);
+    let mut from_three = riya.session_with(older, manual_acks()).await;
+    assert_eq!(seqs(&messages_until_caught_up(&mut from_three).await), vec![4, 5, 6, 7, 8, 9, 10]);
+
+    // Live messages continue after the replay with no gap or repeat.
+    alex.send("riya", "m11").await;
+    assert_eq!(seqs(&messages_through(&mut from_three, &conv, 11).await), vec![11]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn typing_reaches_the_other_member_only() {
+    let server = TestServer::spawn().await;
+    let alex = server.user("alex").await;
+    let riya = server.user("riya").await;
+    let conv = alex.client.open_direct("riya").await.expect("open").id;
+    let mut alex_session = alex.session().await;
+    let riya_session = riya.session().await;
+    messages_until_caught_up(&mut alex_session).await;
+    riya_session.typing(&conv, true).await.expect("typing");
+    let typing = expect_event(&mut alex_session, "typing", |e| match e {
+        Event::Typing(t) => Some(t.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(typing.typing);
+    assert_eq!(typing.user.map(|u| u.name), Some("riya".into()));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_streams_with_a_retryable_status() {
+    let server = TestServer::spawn().await;
+    let riya = server.user("riya").await;
+    let mut session = riya.session().await;
+    messages_until_caught_up(&mut session).await;
+    server.shutdown().await;
+    let status = expect_event(&mut session, "close", |e| match e {
+        Event::Closed(status) => Some(status.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(status.map(|s| s.code()), Some(tonic::Code::Unavailable));
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: each starts its own server on port 0 with its own database and
+//! drives it through the Rust SDK (or the `chat` binary) like a user would.
+
+mod bad_input;
+mod cli;
+mod delivery;
+mod durability;
+mod history;
+mod idempotency;
+mod presence;
+mod slow_consumer;
