@@ -5,7 +5,11 @@ use prost::Message;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["chat/v1/auth.proto", "chat/v1/chat.proto", "chat/v1/types.proto"];
+    let files = [
+        "chat/v1/auth.proto",
+        "chat/v1/chat.proto",
+        "chat/v1/types.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -12,4 +12,5 @@ pub mod chat {
 pub use chat::v1;
 
 /// Encoded `FileDescriptorSet` of the API, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));

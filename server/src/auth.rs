@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
+use password_hash::rand_core::OsRng;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
@@ -35,10 +35,19 @@ pub struct Auth {
 
 impl Auth {
     pub fn new(store: Arc<dyn Store>, token_ttl: Duration, hashing_concurrency: usize) -> Self {
-        Auth { store, hashing: Semaphore::new(hashing_concurrency.max(1)), token_ttl }
+        Auth {
+            store,
+            hashing: Semaphore::new(hashing_concurrency.max(1)),
+            token_ttl,
+        }
     }
 
-    pub async fn register(&self, name: &str, password: String, device_name: &str) -> Result<IssuedSession, ChatError> {
+    pub async fn register(
+        &self,
+        name: &str,
+        password: String,
+        device_name: &str,
+    ) -> Result<IssuedSession, ChatError> {
         let name = UserName::parse(name)?;
         let password = Password::parse(password)?;
         let device_name = parse_device_name(device_name)?;
@@ -46,7 +55,9 @@ impl Auth {
         let user = match self.store.create_user(&name, &hash).await {
             Ok(user) => user,
             Err(StoreError::Conflict) => {
-                return Err(ChatError::AlreadyExists(format!("user name {name} is taken")));
+                return Err(ChatError::AlreadyExists(format!(
+                    "user name {name} is taken"
+                )));
             }
             Err(e) => return Err(e.into()),
         };
@@ -54,7 +65,12 @@ impl Auth {
         self.issue(user, device_name).await
     }
 
-    pub async fn login(&self, name: &str, password: String, device_name: &str) -> Result<IssuedSession, ChatError> {
+    pub async fn login(
+        &self,
+        name: &str,
+        password: String,
+        device_name: &str,
+    ) -> Result<IssuedSession, ChatError> {
         let denied = || ChatError::Unauthenticated("wrong user name or password".into());
         let name = UserName::parse(name).map_err(|_| denied())?;
         let device_name = parse_device_name(device_name)?;
@@ -74,30 +90,41 @@ impl Auth {
 
     /// Resolves `authorization: Bearer <token>` to a live device session.
     pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<DeviceSession, ChatError> {
-        let header = metadata
-            .get("authorization")
-            .ok_or_else(|| ChatError::Unauthenticated("missing authorization: Bearer <token>".into()))?;
+        let header = metadata.get("authorization").ok_or_else(|| {
+            ChatError::Unauthenticated("missing authorization: Bearer <token>".into())
+        })?;
         let token = header
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ChatError::Unauthenticated("authorization must be: Bearer <token>".into()))?;
+            .ok_or_else(|| {
+                ChatError::Unauthenticated("authorization must be: Bearer <token>".into())
+            })?;
         let session = self
             .store
             .session_by_token_hash(&token_hash(token))
             .await?
             .ok_or_else(|| ChatError::Unauthenticated("unknown or revoked token".into()))?;
         if session.expires_at <= Timestamp::now() {
-            return Err(ChatError::Unauthenticated("token expired, log in again".into()));
+            return Err(ChatError::Unauthenticated(
+                "token expired, log in again".into(),
+            ));
         }
         Ok(session)
     }
 
-    async fn issue(&self, user: crate::domain::UserRef, device_name: String) -> Result<IssuedSession, ChatError> {
+    async fn issue(
+        &self,
+        user: crate::domain::UserRef,
+        device_name: String,
+    ) -> Result<IssuedSession, ChatError> {
         let bytes: [u8; 32] = rand::random();
-        let token = format!("ct_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+        let token = format!(
+            "ct_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        );
         let now = Timestamp::now();
         let ttl = i64::try_from(self.token_ttl.as_micros()).unwrap_or(i64::MAX);
         let session = DeviceSession {
@@ -107,12 +134,18 @@ impl Auth {
             created_at: now,
             expires_at: Timestamp(now.micros().saturating_add(ttl)),
         };
-        self.store.create_session(&session, &token_hash(&token)).await?;
+        self.store
+            .create_session(&session, &token_hash(&token))
+            .await?;
         Ok(IssuedSession { token, session })
     }
 
     async fn hash(&self, password: Password) -> Result<String, ChatError> {
-        let _permit = self.hashing.acquire().await.map_err(|_| ChatError::Unavailable("shutting down".into()))?;
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ChatError::Unavailable("shutting down".into()))?;
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
             Argon2::default()
@@ -125,11 +158,17 @@ impl Auth {
     }
 
     async fn verify(&self, password: String, hash: String) -> Result<bool, ChatError> {
-        let _permit = self.hashing.acquire().await.map_err(|_| ChatError::Unavailable("shutting down".into()))?;
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ChatError::Unavailable("shutting down".into()))?;
         tokio::task::spawn_blocking(move || {
             let parsed = PasswordHash::new(&hash)
                 .map_err(|e| ChatError::Unexpected(format!("stored password hash: {e}")))?;
-            Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            Ok(Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok())
         })
         .await
         .map_err(|e| ChatError::Unexpected(format!("hashing task: {e}")))?
@@ -139,11 +178,20 @@ impl Auth {
 fn parse_device_name(raw: &str) -> Result<String, ChatError> {
     let name = raw.trim();
     if name.len() > 64 || name.contains('\0') {
-        return Err(ChatError::InvalidArgument("device_name must be at most 64 bytes, no U+0000".into()));
+        return Err(ChatError::InvalidArgument(
+            "device_name must be at most 64 bytes, no U+0000".into(),
+        ));
     }
-    Ok(if name.is_empty() { "unnamed device".into() } else { name.to_owned() })
+    Ok(if name.is_empty() {
+        "unnamed device".into()
+    } else {
+        name.to_owned()
+    })
 }
 
 fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -89,7 +89,11 @@ impl Chat {
 
     // --- messages ---
 
-    pub async fn send(&self, device: &DeviceSession, input: SendInput) -> Result<Appended, ChatError> {
+    pub async fn send(
+        &self,
+        device: &DeviceSession,
+        input: SendInput,
+    ) -> Result<Appended, ChatError> {
         let me = &device.user;
         let client_msg_id = ClientMsgId::parse(input.client_msg_id)?;
         let text = MessageText::parse(input.text, self.limits.max_message_bytes)?;
@@ -107,7 +111,9 @@ impl Chat {
             Some(Target::Recipient(name)) => self.open_direct(me, &name).await?,
         };
         if !self.limiter.try_acquire(me.id) {
-            return Err(ChatError::RateLimited("too many messages; slow down and retry".into()));
+            return Err(ChatError::RateLimited(
+                "too many messages; slow down and retry".into(),
+            ));
         }
         let appended = self
             .store
@@ -121,7 +127,9 @@ impl Chat {
         // Committed: now, and only now, ring the recipients' doorbells. A retry rings
         // again in case the first publish was lost; sessions drop duplicates by seq.
         let members = self.member_ids(conversation).await?;
-        self.bus.publish(&members, Event::Message(Arc::new(appended.message.clone()))).await;
+        self.bus
+            .publish(&members, Event::Message(Arc::new(appended.message.clone())))
+            .await;
         Ok(appended)
     }
 
@@ -145,7 +153,10 @@ impl Chat {
                     HistoryAnchor::Before(seq) => seq,
                     _ => u64::MAX >> 1,
                 };
-                let mut page = self.store.messages_before(conversation, before, limit + 1).await?;
+                let mut page = self
+                    .store
+                    .messages_before(conversation, before, limit + 1)
+                    .await?;
                 let more = page.len() > limit as usize;
                 if more {
                     page.remove(0);
@@ -153,7 +164,10 @@ impl Chat {
                 (page, more)
             }
             HistoryAnchor::After(seq) => {
-                let mut page = self.store.messages_after(conversation, seq, limit + 1).await?;
+                let mut page = self
+                    .store
+                    .messages_after(conversation, seq, limit + 1)
+                    .await?;
                 let more = page.len() > limit as usize;
                 page.truncate(limit as usize);
                 (page, more)
@@ -167,25 +181,45 @@ impl Chat {
                 (m, status)
             })
             .collect();
-        Ok(HistoryPage { messages, has_more, receipts })
+        Ok(HistoryPage {
+            messages,
+            has_more,
+            receipts,
+        })
     }
 
     // --- receipts ---
 
     /// Records that the device has received everything up to `seq`.
-    pub async fn ack_delivered(&self, me: UserId, conversation: &str, seq: u64) -> Result<Receipt, ChatError> {
+    pub async fn ack_delivered(
+        &self,
+        me: UserId,
+        conversation: &str,
+        seq: u64,
+    ) -> Result<Receipt, ChatError> {
         let conversation = ConversationId::parse(conversation, "conversation_id")?;
         self.advance(me, conversation, seq, 0).await
     }
 
     /// Records that the user has read everything up to `seq` (0: up to the latest).
-    pub async fn mark_read(&self, me: UserId, conversation: &str, seq: u64) -> Result<Receipt, ChatError> {
+    pub async fn mark_read(
+        &self,
+        me: UserId,
+        conversation: &str,
+        seq: u64,
+    ) -> Result<Receipt, ChatError> {
         let conversation = ConversationId::parse(conversation, "conversation_id")?;
         let seq = if seq == 0 { u64::MAX >> 1 } else { seq };
         self.advance(me, conversation, seq, seq).await
     }
 
-    async fn advance(&self, me: UserId, conversation: ConversationId, delivered: u64, read: u64) -> Result<Receipt, ChatError> {
+    async fn advance(
+        &self,
+        me: UserId,
+        conversation: ConversationId,
+        delivered: u64,
+        read: u64,
+    ) -> Result<Receipt, ChatError> {
         let update = self
             .store
             .advance_receipt(conversation, me, delivered, read)
@@ -193,14 +227,21 @@ impl Chat {
             .ok_or_else(not_found_conversation)?;
         if update.changed {
             let members = self.member_ids(conversation).await?;
-            self.bus.publish(&members, Event::Receipt(update.receipt.clone())).await;
+            self.bus
+                .publish(&members, Event::Receipt(update.receipt.clone()))
+                .await;
         }
         Ok(update.receipt)
     }
 
     // --- typing ---
 
-    pub async fn typing(&self, me: &UserRef, conversation: &str, typing: bool) -> Result<(), ChatError> {
+    pub async fn typing(
+        &self,
+        me: &UserRef,
+        conversation: &str,
+        typing: bool,
+    ) -> Result<(), ChatError> {
         let conversation = ConversationId::parse(conversation, "conversation_id")?;
         self.require_member(conversation, me.id).await?;
         let others: Vec<UserId> = self
@@ -210,7 +251,14 @@ impl Chat {
             .filter(|u| *u != me.id)
             .collect();
         self.bus
-            .publish(&others, Event::Typing { conversation_id: conversation, user: me.clone(), typing })
+            .publish(
+                &others,
+                Event::Typing {
+                    conversation_id: conversation,
+                    user: me.clone(),
+                    typing,
+                },
+            )
             .await;
         Ok(())
     }
@@ -221,13 +269,25 @@ impl Chat {
     pub async fn open_direct(&self, me: &UserRef, peer: &str) -> Result<ConversationId, ChatError> {
         let peer = self.find_user(peer).await?;
         if peer.id == me.id {
-            return Err(ChatError::InvalidArgument("cannot open a conversation with yourself".into()));
+            return Err(ChatError::InvalidArgument(
+                "cannot open a conversation with yourself".into(),
+            ));
         }
         Ok(self.store.ensure_direct(me.id, peer.id).await?)
     }
 
-    pub async fn peer_of_direct(&self, me: UserId, conversation: ConversationId) -> Result<Option<UserRef>, ChatError> {
-        Ok(self.store.members(conversation).await?.into_iter().map(|r| r.user).find(|u| u.id != me))
+    pub async fn peer_of_direct(
+        &self,
+        me: UserId,
+        conversation: ConversationId,
+    ) -> Result<Option<UserRef>, ChatError> {
+        Ok(self
+            .store
+            .members(conversation)
+            .await?
+            .into_iter()
+            .map(|r| r.user)
+            .find(|u| u.id != me))
     }
 
     pub async fn conversations(&self, me: UserId) -> Result<Vec<ConversationView>, ChatError> {
@@ -235,10 +295,15 @@ impl Chat {
         let mut views = Vec::with_capacity(summaries.len());
         for summary in summaries {
             let peer_presence = match summary.others.first() {
-                Some(peer) if summary.others.len() == 1 => Some(self.presence_of(peer.user.clone()).await?),
+                Some(peer) if summary.others.len() == 1 => {
+                    Some(self.presence_of(peer.user.clone()).await?)
+                }
                 _ => None,
             };
-            views.push(ConversationView { summary, peer_presence });
+            views.push(ConversationView {
+                summary,
+                peer_presence,
+            });
         }
         Ok(views)
     }
@@ -247,12 +312,18 @@ impl Chat {
 
     /// Presence of the named users; each must be the caller or share a conversation
     /// with them, or the answer is NOT_FOUND (presence is not public).
-    pub async fn presence_of_names(&self, me: &UserRef, names: &[String]) -> Result<Vec<PresenceState>, ChatError> {
+    pub async fn presence_of_names(
+        &self,
+        me: &UserRef,
+        names: &[String],
+    ) -> Result<Vec<PresenceState>, ChatError> {
         if names.is_empty() {
             return Err(ChatError::InvalidArgument("name at least one user".into()));
         }
         if names.len() > 100 {
-            return Err(ChatError::InvalidArgument("at most 100 users per call".into()));
+            return Err(ChatError::InvalidArgument(
+                "at most 100 users per call".into(),
+            ));
         }
         let contacts = self.store.contacts(me.id).await?;
         let mut out = Vec::with_capacity(names.len());
@@ -261,7 +332,11 @@ impl Chat {
             let user = if name == me.name {
                 me.clone()
             } else {
-                contacts.iter().find(|c| c.name == name).cloned().ok_or_else(|| not_found_user(raw))?
+                contacts
+                    .iter()
+                    .find(|c| c.name == name)
+                    .cloned()
+                    .ok_or_else(|| not_found_user(raw))?
             };
             out.push(self.presence_of(user).await?);
         }
@@ -270,10 +345,23 @@ impl Chat {
 
     async fn presence_of(&self, user: UserRef) -> Result<PresenceState, ChatError> {
         if self.presence.is_online(user.id) {
-            return Ok(PresenceState { user, online: true, last_seen: None });
+            return Ok(PresenceState {
+                user,
+                online: true,
+                last_seen: None,
+            });
         }
-        let last_seen = self.store.last_seen(&[user.id]).await?.first().map(|(_, t)| *t);
-        Ok(PresenceState { user, online: false, last_seen })
+        let last_seen = self
+            .store
+            .last_seen(&[user.id])
+            .await?
+            .first()
+            .map(|(_, t)| *t);
+        Ok(PresenceState {
+            user,
+            online: false,
+            last_seen,
+        })
     }
 
     pub async fn stream_opened(&self, device: &DeviceSession) {
@@ -303,13 +391,21 @@ impl Chat {
     async fn announce(&self, user: &UserRef, flip: Option<Flip>) {
         let Some(flip) = flip else { return };
         let state = match flip {
-            Flip::Online => PresenceState { user: user.clone(), online: true, last_seen: None },
+            Flip::Online => PresenceState {
+                user: user.clone(),
+                online: true,
+                last_seen: None,
+            },
             Flip::Offline => {
                 let now = Timestamp::now();
                 if let Err(e) = self.store.set_last_seen(user.id, now).await {
                     tracing::warn!(error = %e, user = %user.name, "could not persist last seen");
                 }
-                PresenceState { user: user.clone(), online: false, last_seen: Some(now) }
+                PresenceState {
+                    user: user.clone(),
+                    online: false,
+                    last_seen: Some(now),
+                }
             }
         };
         match self.store.contacts(user.id).await {
@@ -332,12 +428,25 @@ impl Chat {
             .ok_or_else(|| not_found_user(raw))
     }
 
-    async fn require_member(&self, conversation: ConversationId, user: UserId) -> Result<Receipt, ChatError> {
-        self.store.membership(conversation, user).await?.ok_or_else(not_found_conversation)
+    async fn require_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Receipt, ChatError> {
+        self.store
+            .membership(conversation, user)
+            .await?
+            .ok_or_else(not_found_conversation)
     }
 
     async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>, ChatError> {
-        Ok(self.store.members(conversation).await?.into_iter().map(|r| r.user.id).collect())
+        Ok(self
+            .store
+            .members(conversation)
+            .await?
+            .into_iter()
+            .map(|r| r.user.id)
+            .collect())
     }
 }
 

@@ -339,20 +339,43 @@ mod tests {
 
     #[test]
     fn names_fold_case() {
-        assert_eq!(UserName::parse("Riya").map(|n| n.0).ok(), Some("riya".into()));
+        assert_eq!(
+            UserName::parse("Riya").map(|n| n.0).ok(),
+            Some("riya".into())
+        );
         assert!(UserName::parse("ri ya").is_err());
         assert!(UserName::parse("").is_err());
     }
 
     #[test]
     fn status_takes_the_least_advanced_recipient() {
-        let alex = UserRef { id: UserId(Uuid::new_v4()), name: UserName::from_stored("alex".into()) };
-        let riya = UserRef { id: UserId(Uuid::new_v4()), name: UserName::from_stored("riya".into()) };
+        let alex = UserRef {
+            id: UserId(Uuid::new_v4()),
+            name: UserName::from_stored("alex".into()),
+        };
+        let riya = UserRef {
+            id: UserId(Uuid::new_v4()),
+            name: UserName::from_stored("riya".into()),
+        };
         let conv = ConversationId::direct(alex.id, riya.id);
-        let r = |u: &UserRef, d, rd| Receipt { conversation_id: conv, user: u.clone(), delivered_seq: d, read_seq: rd };
+        let r = |u: &UserRef, d, rd| Receipt {
+            conversation_id: conv,
+            user: u.clone(),
+            delivered_seq: d,
+            read_seq: rd,
+        };
         let receipts = vec![r(&alex, 0, 0), r(&riya, 5, 3)];
-        assert_eq!(MessageStatus::derive(3, alex.id, &receipts), MessageStatus::Read);
-        assert_eq!(MessageStatus::derive(4, alex.id, &receipts), MessageStatus::Delivered);
-        assert_eq!(MessageStatus::derive(6, alex.id, &receipts), MessageStatus::Sent);
+        assert_eq!(
+            MessageStatus::derive(3, alex.id, &receipts),
+            MessageStatus::Read
+        );
+        assert_eq!(
+            MessageStatus::derive(4, alex.id, &receipts),
+            MessageStatus::Delivered
+        );
+        assert_eq!(
+            MessageStatus::derive(6, alex.id, &receipts),
+            MessageStatus::Sent
+        );
     }
 }

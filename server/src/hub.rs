@@ -24,7 +24,10 @@ pub struct Closer {
 
 impl Closer {
     pub fn new(token: CancellationToken) -> Self {
-        Closer { token, reason: Arc::new(Mutex::new(None)) }
+        Closer {
+            token,
+            reason: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// Closes with an error status; the first reason given wins.
@@ -84,30 +87,49 @@ impl Hub {
     }
 
     /// Adds a session of `user`; events for the user arrive on the returned inbox.
-    pub fn register(self: &Arc<Self>, user: UserId, closer: Closer) -> (Registration, mpsc::Receiver<Event>) {
+    pub fn register(
+        self: &Arc<Self>,
+        user: UserId,
+        closer: Closer,
+    ) -> (Registration, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(self.inbox_capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.entry(user).or_default().push(Registered { id, inbox: tx, closer });
+            sessions.entry(user).or_default().push(Registered {
+                id,
+                inbox: tx,
+                closer,
+            });
         }
-        (Registration { hub: self.clone(), user, id }, rx)
+        (
+            Registration {
+                hub: self.clone(),
+                user,
+                id,
+            },
+            rx,
+        )
     }
 
     fn remove(&self, user: UserId, id: u64) {
-        if let Ok(mut sessions) = self.sessions.lock() {
-            if let Some(list) = sessions.get_mut(&user) {
-                list.retain(|r| r.id != id);
-                if list.is_empty() {
-                    sessions.remove(&user);
-                }
+        if let Ok(mut sessions) = self.sessions.lock()
+            && let Some(list) = sessions.get_mut(&user)
+        {
+            list.retain(|r| r.id != id);
+            if list.is_empty() {
+                sessions.remove(&user);
             }
         }
     }
 
     /// Hands the event to every local session of `user` without waiting.
     pub fn deliver(&self, user: UserId, event: &Event) {
-        let Ok(sessions) = self.sessions.lock() else { return };
-        let Some(list) = sessions.get(&user) else { return };
+        let Ok(sessions) = self.sessions.lock() else {
+            return;
+        };
+        let Some(list) = sessions.get(&user) else {
+            return;
+        };
         for session in list {
             match session.inbox.try_send(event.clone()) {
                 Ok(()) => {}
@@ -124,6 +146,9 @@ impl Hub {
 
     /// Number of connected sessions, for metrics and tests.
     pub fn session_count(&self) -> usize {
-        self.sessions.lock().map(|s| s.values().map(Vec::len).sum()).unwrap_or(0)
+        self.sessions
+            .lock()
+            .map(|s| s.values().map(Vec::len).sum())
+            .unwrap_or(0)
     }
 }

@@ -17,4 +17,4 @@ pub mod session;
 pub mod store;
 
 pub use config::Config;
-pub use server::{start, Running, ServeError};
+pub use server::{Running, ServeError, start};

@@ -35,7 +35,10 @@ pub enum Flip {
 
 impl PresenceTracker {
     pub fn new(timeout: Duration) -> Self {
-        PresenceTracker { users: Mutex::new(HashMap::new()), timeout }
+        PresenceTracker {
+            users: Mutex::new(HashMap::new()),
+            timeout,
+        }
     }
 
     fn is_fresh(&self, device: &DeviceState, now: Instant) -> bool {
@@ -60,7 +63,10 @@ impl PresenceTracker {
             devices: HashMap::new(),
             online: false,
         });
-        let d = state.devices.entry(device).or_insert(DeviceState { streams: 0, last_beat: now });
+        let d = state.devices.entry(device).or_insert(DeviceState {
+            streams: 0,
+            last_beat: now,
+        });
         d.streams += 1;
         d.last_beat = now;
         self.settle(state, now)
@@ -93,13 +99,19 @@ impl PresenceTracker {
     }
 
     pub fn is_online(&self, user: UserId) -> bool {
-        self.users.lock().ok().and_then(|u| u.get(&user).map(|s| s.online)).unwrap_or(false)
+        self.users
+            .lock()
+            .ok()
+            .and_then(|u| u.get(&user).map(|s| s.online))
+            .unwrap_or(false)
     }
 
     /// Users whose last fresh device went stale since the previous sweep.
     pub fn sweep(&self) -> Vec<UserRef> {
         let now = Instant::now();
-        let Ok(mut users) = self.users.lock() else { return Vec::new() };
+        let Ok(mut users) = self.users.lock() else {
+            return Vec::new();
+        };
         let mut offline = Vec::new();
         for state in users.values_mut() {
             if self.settle(state, now) == Some(Flip::Offline) {
@@ -117,7 +129,10 @@ mod tests {
     use uuid::Uuid;
 
     fn user() -> UserRef {
-        UserRef { id: UserId(Uuid::new_v4()), name: UserName::from_stored("u".into()) }
+        UserRef {
+            id: UserId(Uuid::new_v4()),
+            name: UserName::from_stored("u".into()),
+        }
     }
 
     #[test]

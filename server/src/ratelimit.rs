@@ -24,9 +24,12 @@ impl RateLimiter {
     /// Takes one token; false when the user is over the limit.
     pub fn try_acquire(&self, user: UserId) -> bool {
         let now = Instant::now();
-        let Ok(mut buckets) = self.buckets.lock() else { return true };
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return true;
+        };
         let (tokens, last) = buckets.entry(user).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;

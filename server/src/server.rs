@@ -22,9 +22,9 @@ use crate::hub::Hub;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
-/// Largest protobuf message the server decodes: a chat frame is small, so the 4 MiB
-/// default would only help abuse.
-const MAX_DECODED_BYTES: usize = 64 * 1024;
+/// Smallest cap on a decoded protobuf message. A chat frame is small, so tonic's 4 MiB
+/// default would only help abuse; the cap grows with `--max-message-bytes`.
+const MIN_DECODED_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -71,8 +71,14 @@ impl Running {
 
 async fn open_store(config: &Config) -> Result<Arc<SqliteStore>, ServeError> {
     let url = config.resolved_database_url();
-    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-        if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        if let Some(dir) = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(dir)?;
         }
         Ok(Arc::new(SqliteStore::open(&url, 4).await?))
@@ -102,7 +108,9 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<Running, Ser
             presence_timeout: config.presence_timeout,
         },
     ));
-    let hashers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let hashers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let auth = Arc::new(Auth::new(store, config.token_ttl, hashers));
     let shutdown = CancellationToken::new();
 
@@ -114,14 +122,18 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<Running, Ser
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let chat_service = ChatServiceServer::new(ChatApi::new(chat.clone(), auth.clone(), shutdown.clone()))
-        .max_decoding_message_size(MAX_DECODED_BYTES);
-    let auth_service = AuthServiceServer::new(AuthApi::new(auth)).max_decoding_message_size(MAX_DECODED_BYTES);
+    let max_decoded = MIN_DECODED_BYTES.max(config.max_message_bytes.saturating_add(4096));
+    let chat_service =
+        ChatServiceServer::new(ChatApi::new(chat.clone(), auth.clone(), shutdown.clone()))
+            .max_decoding_message_size(max_decoded);
+    let auth_service =
+        AuthServiceServer::new(AuthApi::new(auth)).max_decoding_message_size(MIN_DECODED_BYTES);
 
     let sweeper = {
         let chat = chat.clone();
         let stop = shutdown.clone();
-        let every = (config.presence_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let every =
+            (config.presence_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -172,5 +184,10 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<Running, Ser
         result
     });
     tracing::info!(%addr, "chat server listening");
-    Ok(Running { addr, chat, shutdown, task })
+    Ok(Running {
+        addr,
+        chat,
+        shutdown,
+        task,
+    })
 }

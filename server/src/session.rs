@@ -72,7 +72,11 @@ pub fn open(
     let closer = Closer::new(shutdown.child_token());
     let (out, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
     let (registration, inbox) = chat.hub.register(device.user.id, closer.clone());
-    let session = Session { device: device.clone(), out: out.clone(), closer: closer.clone() };
+    let session = Session {
+        device: device.clone(),
+        out: out.clone(),
+        closer: closer.clone(),
+    };
     let worker = Worker {
         chat,
         device,
@@ -95,7 +99,10 @@ pub fn open(
         })
     })
     .filter_map(|reason| futures::future::ready(reason.map(Err)));
-    let frames = ReceiverStream::new(out_rx).map(Ok).take_until(ended).chain(tail);
+    let frames = ReceiverStream::new(out_rx)
+        .map(Ok)
+        .take_until(ended)
+        .chain(tail);
     (session, Box::pin(frames))
 }
 
@@ -133,7 +140,10 @@ struct Worker {
 impl Worker {
     async fn run(mut self) {
         self.chat.stream_opened(&self.device).await;
-        let _offline = PresenceGuard { chat: self.chat.clone(), device: self.device.clone() };
+        let _offline = PresenceGuard {
+            chat: self.chat.clone(),
+            device: self.device.clone(),
+        };
         match self.serve().await {
             Ok(()) | Err(Stop::Closed) => self.closer.close(),
             Err(Stop::Failed(e)) => {
@@ -147,7 +157,10 @@ impl Worker {
         self.emit(convert::frame(Kind::Welcome(pb::Welcome {
             session_id: Uuid::new_v4().to_string(),
             user: Some(convert::user(&self.device.user)),
-            heartbeat_interval: prost_types::Duration::try_from(self.chat.limits.heartbeat_interval).ok(),
+            heartbeat_interval: prost_types::Duration::try_from(
+                self.chat.limits.heartbeat_interval,
+            )
+            .ok(),
         })))
         .await?;
         self.catch_up().await?;
@@ -178,15 +191,20 @@ impl Worker {
             self.fill(p.conversation_id, p.last_seq).await?;
         }
         for receipt in self.chat.store.peer_receipts(self.device.user.id).await? {
-            self.emit(convert::frame(Kind::Receipt(convert::receipt(&receipt)))).await?;
+            self.emit(convert::frame(Kind::Receipt(convert::receipt(&receipt))))
+                .await?;
         }
         let mut cursors: Vec<pb::Cursor> = self
             .cursors
             .iter()
-            .map(|(c, &seq)| pb::Cursor { conversation_id: c.to_string(), seq })
+            .map(|(c, &seq)| pb::Cursor {
+                conversation_id: c.to_string(),
+                seq,
+            })
             .collect();
         cursors.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
-        self.emit(convert::frame(Kind::CaughtUp(pb::CaughtUp { cursors }))).await
+        self.emit(convert::frame(Kind::CaughtUp(pb::CaughtUp { cursors })))
+            .await
     }
 
     /// Sends the stored messages after this session's cursor up to `through`.
@@ -196,15 +214,24 @@ impl Worker {
             if cursor >= through {
                 return Ok(());
             }
-            let want = u32::try_from(through - cursor).unwrap_or(u32::MAX).min(REPLAY_PAGE);
-            let page = self.chat.store.messages_after(conversation, cursor, want).await?;
+            let want = u32::try_from(through - cursor)
+                .unwrap_or(u32::MAX)
+                .min(REPLAY_PAGE);
+            let page = self
+                .chat
+                .store
+                .messages_after(conversation, cursor, want)
+                .await?;
             if page.is_empty() {
                 return Ok(());
             }
             for message in page {
                 let seq = message.seq;
-                self.emit(convert::frame(Kind::Message(convert::message(&message, MessageStatus::Sent))))
-                    .await?;
+                self.emit(convert::frame(Kind::Message(convert::message(
+                    &message,
+                    MessageStatus::Sent,
+                ))))
+                .await?;
                 self.cursors.insert(conversation, seq);
             }
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use chat_sdk::{proto, Client, Credentials, Cursors, Event, Session, SessionOptions};
+use chat_sdk::{Client, Credentials, Cursors, Event, Session, SessionOptions, proto};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -53,9 +53,17 @@ impl TestServer {
     /// Starts a server with extra command-line flags.
     pub async fn spawn_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let running = chat_server::start(config(dir.path(), extra), listener).await.expect("server starts");
-        TestServer { url: format!("http://{}", running.addr), running: Some(running), dir }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let running = chat_server::start(config(dir.path(), extra), listener)
+            .await
+            .expect("server starts");
+        TestServer {
+            url: format!("http://{}", running.addr),
+            running: Some(running),
+            dir,
+        }
     }
 
     pub fn chat(&self) -> &chat_server::chat::Chat {
@@ -69,7 +77,10 @@ impl TestServer {
     /// Registers `name` and returns a client logged in as them.
     pub async fn user(&self, name: &str) -> User {
         let client = self.client().await;
-        let creds = client.register(name, "correct horse battery", "test").await.expect("register");
+        let creds = client
+            .register(name, "correct horse battery", "test")
+            .await
+            .expect("register");
         let client = client.with_token(&creds.token).expect("token");
         User { client, creds }
     }
@@ -93,21 +104,32 @@ impl User {
     }
 
     pub async fn session(&self) -> Session {
-        self.session_with(Cursors::new(), SessionOptions::default()).await
+        self.session_with(Cursors::new(), SessionOptions::default())
+            .await
     }
 
     pub async fn session_with(&self, cursors: Cursors, options: SessionOptions) -> Session {
-        self.client.open_session(cursors, options).await.expect("open session")
+        self.client
+            .open_session(cursors, options)
+            .await
+            .expect("open session")
     }
 
     /// Sends `text` to `to` by user name and returns the ack.
     pub async fn send(&self, to: &str, text: &str) -> proto::SendAck {
-        self.client.send(chat_sdk::Target::User(to.into()), text).await.expect("send")
+        self.client
+            .send(chat_sdk::Target::User(to.into()), text)
+            .await
+            .expect("send")
     }
 }
 
 /// Waits for the first event `pick` accepts, skipping others; fails at the deadline.
-pub async fn expect_event<T>(session: &mut Session, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+pub async fn expect_event<T>(
+    session: &mut Session,
+    what: &str,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let event = tokio::time::timeout_at(deadline, session.next_event())
@@ -143,7 +165,11 @@ pub async fn messages_until_caught_up(session: &mut Session) -> Vec<proto::Messa
 }
 
 /// Collects messages of one conversation until one with `seq >= last`.
-pub async fn messages_through(session: &mut Session, conversation_id: &str, last: u64) -> Vec<proto::Message> {
+pub async fn messages_through(
+    session: &mut Session,
+    conversation_id: &str,
+    last: u64,
+) -> Vec<proto::Message> {
     let mut messages = Vec::new();
     expect_event(session, &format!("message #{last}"), |e| match e {
         Event::Message(m) if m.conversation_id == conversation_id => {
@@ -184,7 +210,14 @@ impl ServerProcess {
     /// Starts `chat-server` on port 0 with its data in `data_dir`.
     pub async fn start(data_dir: &Path) -> Self {
         let mut child = Command::new(workspace_bin("chat-server"))
-            .args(["--listen", "127.0.0.1:0", "--send-rate", "100000", "--send-burst", "100000"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--send-rate",
+                "100000",
+                "--send-burst",
+                "100000",
+            ])
             .arg("--database-url")
             .arg(format!("sqlite://{}", data_dir.join("chat.db").display()))
             .env_remove("DATABASE_URL")
@@ -206,11 +239,62 @@ impl ServerProcess {
         })
         .await
         .expect("chat-server did not start in time");
-        ServerProcess { url: format!("http://{addr}"), child }
+        ServerProcess {
+            url: format!("http://{addr}"),
+            child,
+        }
     }
 
     /// SIGKILL: no shutdown code runs.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("kill");
     }
+}
+
+/// The generated ChatService stub, authenticated with `token`: for calls the SDK does
+/// not wrap (Subscribe, as browsers use it) and for misbehaving clients. `window`
+/// sets small HTTP/2 flow-control windows.
+pub async fn raw_chat_stub(
+    url: &str,
+    token: &str,
+    window: Option<u32>,
+) -> proto::chat_service_client::ChatServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        impl tonic::service::Interceptor + Clone + use<>,
+    >,
+> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).expect("url");
+    if let Some(window) = window {
+        endpoint = endpoint
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window);
+    }
+    let channel = endpoint.connect().await.expect("connect");
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {token}").parse().expect("header");
+    proto::chat_service_client::ChatServiceClient::with_interceptor(
+        channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        },
+    )
+}
+
+/// The next frame of a raw server stream with a deadline, unwrapped.
+pub async fn next_frame<S, T>(
+    stream: &mut S,
+    unwrap: impl Fn(T) -> Option<proto::ServerFrame>,
+) -> proto::server_frame::Kind
+where
+    S: futures::Stream<Item = Result<T, tonic::Status>> + Unpin,
+{
+    use futures::StreamExt;
+    let item = tokio::time::timeout(DEADLINE, stream.next())
+        .await
+        .expect("timed out waiting for a frame")
+        .expect("stream ended")
+        .expect("stream failed");
+    unwrap(item).and_then(|f| f.kind).expect("empty frame")
 }

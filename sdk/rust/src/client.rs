@@ -65,7 +65,9 @@ pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(token) = &self.0 {
-            request.metadata_mut().insert("authorization", token.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
         }
         Ok(request)
     }
@@ -91,21 +93,30 @@ impl Client {
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect().await?;
-        Ok(Client { channel, bearer: Bearer(None) })
+        Ok(Client {
+            channel,
+            bearer: Bearer(None),
+        })
     }
 
     /// The same connection, authenticated with `token`.
     pub fn with_token(&self, token: &str) -> Result<Self, Error> {
         let value = MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|_| Error::Protocol("token is not valid header text".into()))?;
-        Ok(Client { channel: self.channel.clone(), bearer: Bearer(Some(value)) })
+        Ok(Client {
+            channel: self.channel.clone(),
+            bearer: Bearer(Some(value)),
+        })
     }
 
     pub(crate) fn chat(&self) -> Result<ChatStub, Error> {
         if self.bearer.0.is_none() {
             return Err(Error::NotLoggedIn);
         }
-        Ok(ChatServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone()))
+        Ok(ChatServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        ))
     }
 
     fn auth(&self) -> AuthServiceClient<InterceptedService<Channel, Bearer>> {
@@ -115,7 +126,12 @@ impl Client {
     // --- accounts ---
 
     /// Creates an account and returns its first device session.
-    pub async fn register(&self, name: &str, password: &str, device_name: &str) -> Result<Credentials, Error> {
+    pub async fn register(
+        &self,
+        name: &str,
+        password: &str,
+        device_name: &str,
+    ) -> Result<Credentials, Error> {
         let response = self
             .auth()
             .register(proto::RegisterRequest {
@@ -128,7 +144,12 @@ impl Client {
     }
 
     /// Opens a new device session for an existing account.
-    pub async fn login(&self, name: &str, password: &str, device_name: &str) -> Result<Credentials, Error> {
+    pub async fn login(
+        &self,
+        name: &str,
+        password: &str,
+        device_name: &str,
+    ) -> Result<Credentials, Error> {
         let response = self
             .auth()
             .login(proto::LoginRequest {
@@ -158,12 +179,22 @@ impl Client {
 
     /// Sends `text` with the given idempotency key. Retryable failures are retried with
     /// the same key (jittered exponential backoff), so the message is stored at most once.
-    pub async fn send_with_id(&self, target: Target, client_msg_id: &str, text: &str) -> Result<proto::SendAck, Error> {
+    pub async fn send_with_id(
+        &self,
+        target: Target,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<proto::SendAck, Error> {
         let message = send_message(target, client_msg_id, text);
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            let result = self.chat()?.send(proto::SendRequest { message: Some(message.clone()) }).await;
+            let result = self
+                .chat()?
+                .send(proto::SendRequest {
+                    message: Some(message.clone()),
+                })
+                .await;
             match result {
                 Ok(response) => {
                     return response
@@ -185,7 +216,12 @@ impl Client {
     }
 
     /// A page of a conversation's history.
-    pub async fn history(&self, conversation_id: &str, page: Page, limit: u32) -> Result<HistoryPage, Error> {
+    pub async fn history(
+        &self,
+        conversation_id: &str,
+        page: Page,
+        limit: u32,
+    ) -> Result<HistoryPage, Error> {
         use proto::get_history_request::Anchor;
         let anchor = match page {
             Page::Latest => None,
@@ -194,32 +230,67 @@ impl Client {
         };
         let r = self
             .chat()?
-            .get_history(proto::GetHistoryRequest { conversation_id: conversation_id.to_owned(), anchor, limit })
+            .get_history(proto::GetHistoryRequest {
+                conversation_id: conversation_id.to_owned(),
+                anchor,
+                limit,
+            })
             .await?
             .into_inner();
-        Ok(HistoryPage { messages: r.messages, has_more: r.has_more, receipts: r.receipts })
+        Ok(HistoryPage {
+            messages: r.messages,
+            has_more: r.has_more,
+            receipts: r.receipts,
+        })
     }
 
     // --- receipts and typing ---
 
     /// Records that this device has received everything up to `seq`.
     pub async fn ack(&self, conversation_id: &str, seq: u64) -> Result<proto::Receipt, Error> {
-        let ack = proto::AckDelivered { conversation_id: conversation_id.to_owned(), seq };
-        let r = self.chat()?.ack(proto::AckRequest { ack: Some(ack) }).await?.into_inner();
-        r.receipt.ok_or_else(|| Error::Protocol("ack answered without a receipt".into()))
+        let ack = proto::AckDelivered {
+            conversation_id: conversation_id.to_owned(),
+            seq,
+        };
+        let r = self
+            .chat()?
+            .ack(proto::AckRequest { ack: Some(ack) })
+            .await?
+            .into_inner();
+        r.receipt
+            .ok_or_else(|| Error::Protocol("ack answered without a receipt".into()))
     }
 
     /// Marks everything up to `seq` read (`0`: everything so far).
-    pub async fn mark_read(&self, conversation_id: &str, seq: u64) -> Result<proto::Receipt, Error> {
-        let mark = proto::MarkReadUpTo { conversation_id: conversation_id.to_owned(), seq };
-        let r = self.chat()?.mark_read(proto::MarkReadRequest { mark: Some(mark) }).await?.into_inner();
-        r.receipt.ok_or_else(|| Error::Protocol("mark_read answered without a receipt".into()))
+    pub async fn mark_read(
+        &self,
+        conversation_id: &str,
+        seq: u64,
+    ) -> Result<proto::Receipt, Error> {
+        let mark = proto::MarkReadUpTo {
+            conversation_id: conversation_id.to_owned(),
+            seq,
+        };
+        let r = self
+            .chat()?
+            .mark_read(proto::MarkReadRequest { mark: Some(mark) })
+            .await?
+            .into_inner();
+        r.receipt
+            .ok_or_else(|| Error::Protocol("mark_read answered without a receipt".into()))
     }
 
     /// Tells the other members that the user is (or stopped) typing.
     pub async fn set_typing(&self, conversation_id: &str, typing: bool) -> Result<(), Error> {
-        let signal = proto::TypingSignal { conversation_id: conversation_id.to_owned(), typing };
-        self.chat()?.set_typing(proto::SetTypingRequest { signal: Some(signal) }).await?;
+        let signal = proto::TypingSignal {
+            conversation_id: conversation_id.to_owned(),
+            typing,
+        };
+        self.chat()?
+            .set_typing(proto::SetTypingRequest {
+                signal: Some(signal),
+            })
+            .await?;
         Ok(())
     }
 
@@ -233,27 +304,46 @@ impl Client {
 
     /// The direct conversation with `peer`, created if needed.
     pub async fn open_direct(&self, peer: &str) -> Result<proto::Conversation, Error> {
-        let r = self.chat()?.open_direct(proto::OpenDirectRequest { peer: peer.to_owned() }).await?.into_inner();
-        r.conversation.ok_or_else(|| Error::Protocol("open_direct answered without a conversation".into()))
+        let r = self
+            .chat()?
+            .open_direct(proto::OpenDirectRequest {
+                peer: peer.to_owned(),
+            })
+            .await?
+            .into_inner();
+        r.conversation
+            .ok_or_else(|| Error::Protocol("open_direct answered without a conversation".into()))
     }
 
     /// The user's conversations, most recently active first.
     pub async fn conversations(&self) -> Result<Vec<proto::Conversation>, Error> {
-        let r = self.chat()?.list_conversations(proto::ListConversationsRequest {}).await?.into_inner();
+        let r = self
+            .chat()?
+            .list_conversations(proto::ListConversationsRequest {})
+            .await?
+            .into_inner();
         Ok(r.conversations)
     }
 
     /// Online / last seen of users who share a conversation with the caller.
     pub async fn presence(&self, names: &[&str]) -> Result<Vec<proto::Presence>, Error> {
         let names = names.iter().map(|n| (*n).to_owned()).collect();
-        let r = self.chat()?.get_presence(proto::GetPresenceRequest { names }).await?.into_inner();
+        let r = self
+            .chat()?
+            .get_presence(proto::GetPresenceRequest { names })
+            .await?
+            .into_inner();
         Ok(r.presences)
     }
 
     // --- the live session ---
 
     /// Opens a `Connect` stream that resumes after `cursors`.
-    pub async fn open_session(&self, cursors: Cursors, options: SessionOptions) -> Result<Session, Error> {
+    pub async fn open_session(
+        &self,
+        cursors: Cursors,
+        options: SessionOptions,
+    ) -> Result<Session, Error> {
         Session::open(self.chat()?, cursors, options).await
     }
 }
@@ -262,7 +352,9 @@ fn credentials(session: Option<proto::DeviceSession>) -> Result<Credentials, Err
     let session = session.ok_or_else(|| Error::Protocol("no session in the answer".into()))?;
     Ok(Credentials {
         token: session.token,
-        user: session.user.ok_or_else(|| Error::Protocol("no user in the session".into()))?,
+        user: session
+            .user
+            .ok_or_else(|| Error::Protocol("no user in the session".into()))?,
         expires_at: session.expires_at,
     })
 }

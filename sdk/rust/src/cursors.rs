@@ -40,7 +40,26 @@ impl Cursors {
     pub(crate) fn to_proto(&self) -> Vec<proto::Cursor> {
         self.0
             .iter()
-            .map(|(c, &seq)| proto::Cursor { conversation_id: c.clone(), seq })
+            .map(|(c, &seq)| proto::Cursor {
+                conversation_id: c.clone(),
+                seq,
+            })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_and_old_seqs_are_not_new() {
+        let mut c = Cursors::new();
+        assert!(c.advance("a", 1));
+        assert!(!c.advance("a", 1), "duplicate");
+        assert!(c.advance("a", 3));
+        assert!(!c.advance("a", 2), "older");
+        assert!(c.advance("b", 1), "conversations are independent");
+        assert_eq!((c.get("a"), c.get("b"), c.get("z")), (3, 1, 0));
     }
 }

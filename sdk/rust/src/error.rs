@@ -39,7 +39,10 @@ impl Error {
 
     /// Worth retrying with the same request (and the same `client_msg_id`).
     pub fn is_retryable(&self) -> bool {
-        matches!(self.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Unknown)
+        matches!(
+            self.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Unknown
+        )
     }
 }
 

@@ -16,5 +16,5 @@ mod session;
 pub use chat_proto::v1 as proto;
 pub use client::{Client, Credentials, HistoryPage, Page, Target};
 pub use cursors::Cursors;
-pub use error::{code_name, Error};
+pub use error::{Error, code_name};
 pub use session::{Event, Session, SessionOptions};

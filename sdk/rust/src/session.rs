@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{new_client_msg_id, send_message, ChatStub, Target};
+use crate::client::{ChatStub, Target, new_client_msg_id, send_message};
 use crate::cursors::Cursors;
 use crate::error::Error;
 use crate::proto;
@@ -35,7 +35,10 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { auto_ack: true, heartbeat_interval: None }
+        SessionOptions {
+            auto_ack: true,
+            heartbeat_interval: None,
+        }
     }
 }
 
@@ -44,7 +47,7 @@ impl Default for SessionOptions {
 pub enum Event {
     /// A message, seen for the first time by this client.
     Message(proto::Message),
-    /// A member's delivered / read watermarks moved.
+    /// A member's delivered / read watermarks moved forward (never reported backwards).
     Receipt(proto::Receipt),
     /// A contact came online or went offline.
     Presence(proto::Presence),
@@ -63,6 +66,27 @@ type PendingSends = Mutex<HashMap<String, oneshot::Sender<Result<proto::SendAck,
 struct Shared {
     cursors: Mutex<Cursors>,
     pending: PendingSends,
+    /// The highest (delivered, read) seen per (conversation, user): receipts published
+    /// by concurrent requests can arrive out of order, and a watermark never goes back.
+    receipts: Mutex<HashMap<(String, String), (u64, u64)>>,
+}
+
+impl Shared {
+    /// Merges a receipt into what is known; None when it moves nothing forward.
+    fn merge_receipt(&self, mut r: proto::Receipt) -> Option<proto::Receipt> {
+        let user = r.user.as_ref().map(|u| u.id.clone()).unwrap_or_default();
+        let mut known = self.receipts.lock().ok()?;
+        let key = (r.conversation_id.clone(), user);
+        if let Some(&(delivered, read)) = known.get(&key) {
+            if r.delivered_seq <= delivered && r.read_seq <= read {
+                return None;
+            }
+            r.delivered_seq = r.delivered_seq.max(delivered);
+            r.read_seq = r.read_seq.max(read);
+        }
+        known.insert(key, (r.delivered_seq, r.read_seq));
+        Some(r)
+    }
 }
 
 /// A live session. Dropping it ends the stream.
@@ -82,20 +106,44 @@ impl Drop for Session {
 }
 
 impl Session {
-    pub(crate) async fn open(mut stub: ChatStub, cursors: Cursors, options: SessionOptions) -> Result<Self, Error> {
+    pub(crate) async fn open(
+        mut stub: ChatStub,
+        cursors: Cursors,
+        options: SessionOptions,
+    ) -> Result<Self, Error> {
         let (frames, outbound) = mpsc::channel(256);
-        let hello = In::Hello(proto::Hello { cursors: cursors.to_proto() });
+        let hello = In::Hello(proto::Hello {
+            cursors: cursors.to_proto(),
+        });
         frames
             .send(request(0, hello))
             .await
             .map_err(|_| Error::SessionClosed)?;
-        let mut inbound = stub.connect(ReceiverStream::new(outbound)).await?.into_inner();
+        let mut inbound = stub
+            .connect(ReceiverStream::new(outbound))
+            .await?
+            .into_inner();
         let welcome = match inbound.message().await? {
-            Some(proto::ConnectResponse { frame: Some(proto::ServerFrame { kind: Some(Out::Welcome(w)) }) }) => w,
-            _ => return Err(Error::Protocol("the stream did not start with welcome".into())),
+            Some(proto::ConnectResponse {
+                frame:
+                    Some(proto::ServerFrame {
+                        kind: Some(Out::Welcome(w)),
+                    }),
+            }) => w,
+            _ => {
+                return Err(Error::Protocol(
+                    "the stream did not start with welcome".into(),
+                ));
+            }
         };
-        let user = welcome.user.ok_or_else(|| Error::Protocol("welcome without a user".into()))?;
-        let shared = Arc::new(Shared { cursors: Mutex::new(cursors), pending: Mutex::new(HashMap::new()) });
+        let user = welcome
+            .user
+            .ok_or_else(|| Error::Protocol("welcome without a user".into()))?;
+        let shared = Arc::new(Shared {
+            cursors: Mutex::new(cursors),
+            pending: Mutex::new(HashMap::new()),
+            receipts: Mutex::new(HashMap::new()),
+        });
         let stop = CancellationToken::new();
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
 
@@ -106,13 +154,30 @@ impl Session {
         });
         let interval = options
             .heartbeat_interval
-            .or_else(|| welcome.heartbeat_interval.and_then(|d| Duration::try_from(d).ok()))
+            .or_else(|| {
+                welcome
+                    .heartbeat_interval
+                    .and_then(|d| Duration::try_from(d).ok())
+            })
             .unwrap_or(Duration::from_secs(15));
         if !interval.is_zero() {
             tokio::spawn(heartbeat_loop(interval, frames.clone(), stop.clone()));
         }
-        tokio::spawn(read_loop(inbound, shared.clone(), events_tx, acks, stop.clone()));
-        Ok(Session { user, frames, events, shared, next_request: AtomicU64::new(1), stop })
+        tokio::spawn(read_loop(
+            inbound,
+            shared.clone(),
+            events_tx,
+            acks,
+            stop.clone(),
+        ));
+        Ok(Session {
+            user,
+            frames,
+            events,
+            shared,
+            next_request: AtomicU64::new(1),
+            stop,
+        })
     }
 
     /// The logged-in user.
@@ -127,7 +192,11 @@ impl Session {
 
     /// The cursors a later session should resume from.
     pub fn cursors(&self) -> Cursors {
-        self.shared.cursors.lock().map(|c| c.clone()).unwrap_or_default()
+        self.shared
+            .cursors
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     /// Sends `text` on the stream with a fresh `client_msg_id` and waits for its ack.
@@ -137,7 +206,12 @@ impl Session {
 
     /// Sends with the given idempotency key: if the session ends before the ack, send
     /// again with the same key (on any session) and the message is stored once.
-    pub async fn send_with_id(&self, target: Target, client_msg_id: &str, text: &str) -> Result<proto::SendAck, Error> {
+    pub async fn send_with_id(
+        &self,
+        target: Target,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<proto::SendAck, Error> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut pending) = self.shared.pending.lock() {
             pending.insert(client_msg_id.to_owned(), tx);
@@ -149,19 +223,29 @@ impl Session {
 
     /// Acknowledges delivery up to `seq` (done automatically with `auto_ack`).
     pub async fn ack(&self, conversation_id: &str, seq: u64) -> Result<(), Error> {
-        self.frame(In::Ack(proto::AckDelivered { conversation_id: conversation_id.to_owned(), seq })).await
+        self.frame(In::Ack(proto::AckDelivered {
+            conversation_id: conversation_id.to_owned(),
+            seq,
+        }))
+        .await
     }
 
     /// Marks the conversation read up to `seq` (`0`: everything so far).
     pub async fn mark_read(&self, conversation_id: &str, seq: u64) -> Result<(), Error> {
-        self.frame(In::MarkRead(proto::MarkReadUpTo { conversation_id: conversation_id.to_owned(), seq }))
-            .await
+        self.frame(In::MarkRead(proto::MarkReadUpTo {
+            conversation_id: conversation_id.to_owned(),
+            seq,
+        }))
+        .await
     }
 
     /// Tells the other members the user is typing (or stopped).
     pub async fn typing(&self, conversation_id: &str, typing: bool) -> Result<(), Error> {
-        self.frame(In::Typing(proto::TypingSignal { conversation_id: conversation_id.to_owned(), typing }))
-            .await
+        self.frame(In::Typing(proto::TypingSignal {
+            conversation_id: conversation_id.to_owned(),
+            typing,
+        }))
+        .await
     }
 
     /// Ends the stream; events already received can still be read.
@@ -171,12 +255,20 @@ impl Session {
 
     async fn frame(&self, kind: In) -> Result<(), Error> {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        self.frames.send(request(id, kind)).await.map_err(|_| Error::SessionClosed)
+        self.frames
+            .send(request(id, kind))
+            .await
+            .map_err(|_| Error::SessionClosed)
     }
 }
 
 fn request(request_id: u64, kind: In) -> proto::ConnectRequest {
-    proto::ConnectRequest { frame: Some(proto::ClientFrame { request_id, kind: Some(kind) }) }
+    proto::ConnectRequest {
+        frame: Some(proto::ClientFrame {
+            request_id,
+            kind: Some(kind),
+        }),
+    }
 }
 
 async fn read_loop(
@@ -212,7 +304,11 @@ async fn read_loop(
                 Event::Message(message)
             }
             Some(Out::SendAck(ack)) => {
-                let waiter = shared.pending.lock().ok().and_then(|mut p| p.remove(&ack.client_msg_id));
+                let waiter = shared
+                    .pending
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.remove(&ack.client_msg_id));
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(Ok(ack));
                 }
@@ -220,7 +316,13 @@ async fn read_loop(
             }
             Some(Out::Error(error)) => {
                 let waiter = (!error.client_msg_id.is_empty())
-                    .then(|| shared.pending.lock().ok().and_then(|mut p| p.remove(&error.client_msg_id)))
+                    .then(|| {
+                        shared
+                            .pending
+                            .lock()
+                            .ok()
+                            .and_then(|mut p| p.remove(&error.client_msg_id))
+                    })
                     .flatten();
                 match waiter {
                     Some(waiter) => {
@@ -239,7 +341,10 @@ async fn read_loop(
                 }
                 Event::CaughtUp
             }
-            Some(Out::Receipt(r)) => Event::Receipt(r),
+            Some(Out::Receipt(r)) => match shared.merge_receipt(r) {
+                Some(r) => Event::Receipt(r),
+                None => continue,
+            },
             Some(Out::Presence(p)) => Event::Presence(p),
             Some(Out::Typing(t)) => Event::Typing(t),
             Some(Out::Welcome(_)) | None => continue,
@@ -274,7 +379,10 @@ async fn ack_loop(
             *entry = (*entry).max(seq);
         }
         for (conversation_id, seq) in batch {
-            let ack = In::Ack(proto::AckDelivered { conversation_id, seq });
+            let ack = In::Ack(proto::AckDelivered {
+                conversation_id,
+                seq,
+            });
             if frames.send(request(0, ack)).await.is_err() {
                 return;
             }
@@ -282,7 +390,11 @@ async fn ack_loop(
     }
 }
 
-async fn heartbeat_loop(every: Duration, frames: mpsc::Sender<proto::ConnectRequest>, stop: CancellationToken) {
+async fn heartbeat_loop(
+    every: Duration,
+    frames: mpsc::Sender<proto::ConnectRequest>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -300,11 +412,64 @@ async fn heartbeat_loop(every: Duration, frames: mpsc::Sender<proto::ConnectRequ
 fn code_from_name(name: &str) -> tonic::Code {
     use tonic::Code::*;
     [
-        Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists, PermissionDenied,
-        ResourceExhausted, FailedPrecondition, Aborted, OutOfRange, Unimplemented, Internal, Unavailable,
-        DataLoss, Unauthenticated,
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
     ]
     .into_iter()
     .find(|c| crate::error::code_name(*c) == name)
     .unwrap_or(Unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(delivered_seq: u64, read_seq: u64) -> proto::Receipt {
+        proto::Receipt {
+            conversation_id: "c".into(),
+            user: Some(proto::User {
+                id: "u".into(),
+                name: "riya".into(),
+            }),
+            delivered_seq,
+            read_seq,
+        }
+    }
+
+    #[test]
+    fn receipts_only_move_forward() {
+        let shared = Shared {
+            cursors: Mutex::new(Cursors::new()),
+            pending: Mutex::new(HashMap::new()),
+            receipts: Mutex::new(HashMap::new()),
+        };
+        let seen = |r| {
+            shared
+                .merge_receipt(r)
+                .map(|r| (r.delivered_seq, r.read_seq))
+        };
+        assert_eq!(seen(receipt(0, 0)), Some((0, 0)));
+        assert_eq!(seen(receipt(0, 0)), None, "nothing new");
+        assert_eq!(seen(receipt(5, 2)), Some((5, 2)));
+        assert_eq!(seen(receipt(4, 1)), None, "late and stale");
+        assert_eq!(
+            seen(receipt(4, 3)),
+            Some((5, 3)),
+            "never reported backwards"
+        );
+    }
 }

@@ -19,19 +19,35 @@ impl AuthApi {
 
 #[tonic::async_trait]
 impl pb::auth_service_server::AuthService for AuthApi {
-    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = request.into_inner();
-        let issued = self.auth.register(&r.name, r.password, &r.device_name).await?;
-        Ok(Response::new(pb::RegisterResponse { session: Some(super::convert::device_session(issued)) }))
+        let issued = self
+            .auth
+            .register(&r.name, r.password, &r.device_name)
+            .await?;
+        Ok(Response::new(pb::RegisterResponse {
+            session: Some(super::convert::device_session(issued)),
+        }))
     }
 
-    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
         let r = request.into_inner();
         let issued = self.auth.login(&r.name, r.password, &r.device_name).await?;
-        Ok(Response::new(pb::LoginResponse { session: Some(super::convert::device_session(issued)) }))
+        Ok(Response::new(pb::LoginResponse {
+            session: Some(super::convert::device_session(issued)),
+        }))
     }
 
-    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
         let device = self.auth.authenticate(request.metadata()).await?;
         self.auth.logout(device.id).await?;
         Ok(Response::new(pb::LogoutResponse {}))

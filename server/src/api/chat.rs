@@ -31,21 +31,34 @@ pub struct ChatApi {
 
 impl ChatApi {
     pub fn new(chat: Arc<Chat>, auth: Arc<Auth>, shutdown: CancellationToken) -> Self {
-        ChatApi { chat, auth, shutdown }
+        ChatApi {
+            chat,
+            auth,
+            shutdown,
+        }
     }
 
     async fn device<T>(&self, request: &Request<T>) -> Result<DeviceSession, Status> {
         Ok(self.auth.authenticate(request.metadata()).await?)
     }
 
-    fn open(&self, device: DeviceSession, cursors: Vec<pb::Cursor>) -> Result<(Session, FrameStream), Status> {
+    fn open(
+        &self,
+        device: DeviceSession,
+        cursors: Vec<pb::Cursor>,
+    ) -> Result<(Session, FrameStream), Status> {
         let mut resume = HashMap::new();
         for c in cursors {
             let id = ConversationId::parse(&c.conversation_id, "cursor conversation_id")?;
             let seq = resume.entry(id).or_insert(0);
             *seq = c.seq.max(*seq);
         }
-        Ok(session::open(self.chat.clone(), device, resume, &self.shutdown))
+        Ok(session::open(
+            self.chat.clone(),
+            device,
+            resume,
+            &self.shutdown,
+        ))
     }
 }
 
@@ -57,21 +70,36 @@ async fn handle_frame(chat: &Chat, session: &Session, frame: pb::ClientFrame) {
     let request_id = frame.request_id;
     let result = match frame.kind {
         None => Err(ChatError::InvalidArgument("empty client frame".into())),
-        Some(In::Hello(_)) => Err(ChatError::FailedPrecondition("hello was already sent".into())),
+        Some(In::Hello(_)) => Err(ChatError::FailedPrecondition(
+            "hello was already sent".into(),
+        )),
         Some(In::Heartbeat(_)) => Ok(None),
         Some(In::Send(send)) => {
             let client_msg_id = send.client_msg_id.clone();
             match chat.send(device, convert::send_input(send)).await {
-                Ok(appended) => Ok(Some(convert::frame(Out::SendAck(convert::send_ack(&appended))))),
+                Ok(appended) => Ok(Some(convert::frame(Out::SendAck(convert::send_ack(
+                    &appended,
+                ))))),
                 Err(e) => {
-                    session.emit(convert::error_frame(request_id, e, client_msg_id)).await;
+                    session
+                        .emit(convert::error_frame(request_id, e, client_msg_id))
+                        .await;
                     return;
                 }
             }
         }
-        Some(In::Ack(ack)) => chat.ack_delivered(device.user.id, &ack.conversation_id, ack.seq).await.map(|_| None),
-        Some(In::MarkRead(mark)) => chat.mark_read(device.user.id, &mark.conversation_id, mark.seq).await.map(|_| None),
-        Some(In::Typing(t)) => chat.typing(&device.user, &t.conversation_id, t.typing).await.map(|_| None),
+        Some(In::Ack(ack)) => chat
+            .ack_delivered(device.user.id, &ack.conversation_id, ack.seq)
+            .await
+            .map(|_| None),
+        Some(In::MarkRead(mark)) => chat
+            .mark_read(device.user.id, &mark.conversation_id, mark.seq)
+            .await
+            .map(|_| None),
+        Some(In::Typing(t)) => chat
+            .typing(&device.user, &t.conversation_id, t.typing)
+            .await
+            .map(|_| None),
     };
     match result {
         Ok(Some(frame)) => {
@@ -79,7 +107,9 @@ async fn handle_frame(chat: &Chat, session: &Session, frame: pb::ClientFrame) {
         }
         Ok(None) => {}
         Err(e) => {
-            session.emit(convert::error_frame(request_id, e, String::new())).await;
+            session
+                .emit(convert::error_frame(request_id, e, String::new()))
+                .await;
         }
     }
 }
@@ -91,9 +121,13 @@ fn required<T>(field: Option<T>, name: &str) -> Result<T, Status> {
 #[tonic::async_trait]
 impl pb::chat_service_server::ChatService for ChatApi {
     type ConnectStream = futures::stream::BoxStream<'static, Result<pb::ConnectResponse, Status>>;
-    type SubscribeStream = futures::stream::BoxStream<'static, Result<pb::SubscribeResponse, Status>>;
+    type SubscribeStream =
+        futures::stream::BoxStream<'static, Result<pb::SubscribeResponse, Status>>;
 
-    async fn connect(&self, request: Request<Streaming<pb::ConnectRequest>>) -> Result<Response<Self::ConnectStream>, Status> {
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::ConnectRequest>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
         let device = self.device(&request).await?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -101,7 +135,11 @@ impl pb::chat_service_server::ChatService for ChatApi {
             .map_err(|_| Status::deadline_exceeded("no hello frame within 10 s"))??;
         let hello = match first.and_then(|r| r.frame).and_then(|f| f.kind) {
             Some(In::Hello(hello)) => hello,
-            _ => return Err(Status::invalid_argument("the first frame of Connect must be hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first frame of Connect must be hello",
+                ));
+            }
         };
         let (session, frames) = self.open(device, hello.cursors)?;
         let chat = self.chat.clone();
@@ -113,7 +151,9 @@ impl pb::chat_service_server::ChatService for ChatApi {
                     next = inbound.message() => next,
                 };
                 match next {
-                    Ok(Some(pb::ConnectRequest { frame: Some(frame) })) => handle_frame(&chat, &reader, frame).await,
+                    Ok(Some(pb::ConnectRequest { frame: Some(frame) })) => {
+                        handle_frame(&chat, &reader, frame).await
+                    }
                     Ok(Some(pb::ConnectRequest { frame: None })) => {
                         let e = ChatError::InvalidArgument("empty request".into());
                         reader.emit(convert::error_frame(0, e, String::new())).await;
@@ -128,48 +168,86 @@ impl pb::chat_service_server::ChatService for ChatApi {
         Ok(Response::new(stream.boxed()))
     }
 
-    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let device = self.device(&request).await?;
         let (_session, frames) = self.open(device, request.into_inner().cursors)?;
         let stream = frames.map(|f| f.map(|frame| pb::SubscribeResponse { frame: Some(frame) }));
         Ok(Response::new(stream.boxed()))
     }
 
-    async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {
+    async fn send(
+        &self,
+        request: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
         let device = self.device(&request).await?;
         let message = required(request.into_inner().message, "message")?;
-        let appended = self.chat.send(&device, convert::send_input(message)).await?;
-        Ok(Response::new(pb::SendResponse { ack: Some(convert::send_ack(&appended)) }))
+        let appended = self
+            .chat
+            .send(&device, convert::send_input(message))
+            .await?;
+        Ok(Response::new(pb::SendResponse {
+            ack: Some(convert::send_ack(&appended)),
+        }))
     }
 
-    async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
         let device = self.device(&request).await?;
         let ack = required(request.into_inner().ack, "ack")?;
-        let receipt = self.chat.ack_delivered(device.user.id, &ack.conversation_id, ack.seq).await?;
-        Ok(Response::new(pb::AckResponse { receipt: Some(convert::receipt(&receipt)) }))
+        let receipt = self
+            .chat
+            .ack_delivered(device.user.id, &ack.conversation_id, ack.seq)
+            .await?;
+        Ok(Response::new(pb::AckResponse {
+            receipt: Some(convert::receipt(&receipt)),
+        }))
     }
 
-    async fn mark_read(&self, request: Request<pb::MarkReadRequest>) -> Result<Response<pb::MarkReadResponse>, Status> {
+    async fn mark_read(
+        &self,
+        request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
         let device = self.device(&request).await?;
         let mark = required(request.into_inner().mark, "mark")?;
-        let receipt = self.chat.mark_read(device.user.id, &mark.conversation_id, mark.seq).await?;
-        Ok(Response::new(pb::MarkReadResponse { receipt: Some(convert::receipt(&receipt)) }))
+        let receipt = self
+            .chat
+            .mark_read(device.user.id, &mark.conversation_id, mark.seq)
+            .await?;
+        Ok(Response::new(pb::MarkReadResponse {
+            receipt: Some(convert::receipt(&receipt)),
+        }))
     }
 
-    async fn set_typing(&self, request: Request<pb::SetTypingRequest>) -> Result<Response<pb::SetTypingResponse>, Status> {
+    async fn set_typing(
+        &self,
+        request: Request<pb::SetTypingRequest>,
+    ) -> Result<Response<pb::SetTypingResponse>, Status> {
         let device = self.device(&request).await?;
         let signal = required(request.into_inner().signal, "signal")?;
-        self.chat.typing(&device.user, &signal.conversation_id, signal.typing).await?;
+        self.chat
+            .typing(&device.user, &signal.conversation_id, signal.typing)
+            .await?;
         Ok(Response::new(pb::SetTypingResponse {}))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let device = self.device(&request).await?;
         self.chat.heartbeat(&device).await;
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
 
-    async fn open_direct(&self, request: Request<pb::OpenDirectRequest>) -> Result<Response<pb::OpenDirectResponse>, Status> {
+    async fn open_direct(
+        &self,
+        request: Request<pb::OpenDirectRequest>,
+    ) -> Result<Response<pb::OpenDirectResponse>, Status> {
         let device = self.device(&request).await?;
         let peer = request.into_inner().peer;
         let id = self.chat.open_direct(&device.user, &peer).await?;
@@ -184,14 +262,24 @@ impl pb::chat_service_server::ChatService for ChatApi {
             None => pb::Conversation {
                 id: id.to_string(),
                 kind: pb::ConversationKind::Direct.into(),
-                peer: self.chat.peer_of_direct(device.user.id, id).await?.as_ref().map(convert::user),
+                peer: self
+                    .chat
+                    .peer_of_direct(device.user.id, id)
+                    .await?
+                    .as_ref()
+                    .map(convert::user),
                 ..Default::default()
             },
         };
-        Ok(Response::new(pb::OpenDirectResponse { conversation: Some(conversation) }))
+        Ok(Response::new(pb::OpenDirectResponse {
+            conversation: Some(conversation),
+        }))
     }
 
-    async fn get_history(&self, request: Request<pb::GetHistoryRequest>) -> Result<Response<pb::GetHistoryResponse>, Status> {
+    async fn get_history(
+        &self,
+        request: Request<pb::GetHistoryRequest>,
+    ) -> Result<Response<pb::GetHistoryResponse>, Status> {
         let device = self.device(&request).await?;
         let r = request.into_inner();
         let anchor = match r.anchor {
@@ -199,9 +287,16 @@ impl pb::chat_service_server::ChatService for ChatApi {
             Some(pb::get_history_request::Anchor::BeforeSeq(seq)) => HistoryAnchor::Before(seq),
             Some(pb::get_history_request::Anchor::AfterSeq(seq)) => HistoryAnchor::After(seq),
         };
-        let page = self.chat.history(device.user.id, &r.conversation_id, anchor, r.limit).await?;
+        let page = self
+            .chat
+            .history(device.user.id, &r.conversation_id, anchor, r.limit)
+            .await?;
         Ok(Response::new(pb::GetHistoryResponse {
-            messages: page.messages.iter().map(|(m, s)| convert::message(m, *s)).collect(),
+            messages: page
+                .messages
+                .iter()
+                .map(|(m, s)| convert::message(m, *s))
+                .collect(),
             has_more: page.has_more,
             receipts: page.receipts.iter().map(convert::receipt).collect(),
         }))
@@ -218,10 +313,15 @@ impl pb::chat_service_server::ChatService for ChatApi {
         }))
     }
 
-    async fn get_presence(&self, request: Request<pb::GetPresenceRequest>) -> Result<Response<pb::GetPresenceResponse>, Status> {
+    async fn get_presence(
+        &self,
+        request: Request<pb::GetPresenceRequest>,
+    ) -> Result<Response<pb::GetPresenceResponse>, Status> {
         let device = self.device(&request).await?;
         let names = request.into_inner().names;
         let states = self.chat.presence_of_names(&device.user, &names).await?;
-        Ok(Response::new(pb::GetPresenceResponse { presences: states.iter().map(convert::presence).collect() }))
+        Ok(Response::new(pb::GetPresenceResponse {
+            presences: states.iter().map(convert::presence).collect(),
+        }))
     }
 }

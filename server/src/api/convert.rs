@@ -9,7 +9,7 @@ use crate::chat::{ConversationView, SendInput, Target};
 use crate::domain::{
     ConversationKind, Event, Message, MessageStatus, PresenceState, Receipt, Timestamp, UserRef,
 };
-use crate::error::{code_name, ChatError};
+use crate::error::{ChatError, code_name};
 use crate::store::Appended;
 
 pub(crate) fn timestamp(t: Timestamp) -> prost_types::Timestamp {
@@ -20,7 +20,10 @@ pub(crate) fn timestamp(t: Timestamp) -> prost_types::Timestamp {
 }
 
 pub(crate) fn user(u: &UserRef) -> pb::User {
-    pb::User { id: u.id.to_string(), name: u.name.to_string() }
+    pb::User {
+        id: u.id.to_string(),
+        name: u.name.to_string(),
+    }
 }
 
 pub(crate) fn status(s: MessageStatus) -> pb::MessageStatus {
@@ -82,7 +85,11 @@ pub(crate) fn event_frame(event: &Event) -> pb::ServerFrame {
         Event::Message(m) => Kind::Message(message(m, MessageStatus::Sent)),
         Event::Receipt(r) => Kind::Receipt(receipt(r)),
         Event::Presence(p) => Kind::Presence(presence(p)),
-        Event::Typing { conversation_id, user: u, typing } => Kind::Typing(pb::Typing {
+        Event::Typing {
+            conversation_id,
+            user: u,
+            typing,
+        } => Kind::Typing(pb::Typing {
             conversation_id: conversation_id.to_string(),
             user: Some(user(u)),
             typing: *typing,
@@ -113,7 +120,9 @@ pub(crate) fn send_input(m: pb::SendMessage) -> SendInput {
 
 pub(crate) fn conversation(v: &ConversationView) -> pb::Conversation {
     let s = &v.summary;
-    let peer = (s.kind == ConversationKind::Direct).then(|| s.others.first()).flatten();
+    let peer = (s.kind == ConversationKind::Direct)
+        .then(|| s.others.first())
+        .flatten();
     pb::Conversation {
         id: s.id.to_string(),
         kind: match s.kind {

@@ -103,15 +103,26 @@ pub struct ReceiptUpdate {
 pub trait Store: Send + Sync + 'static {
     // --- users ---
     /// Creates a user; `Conflict` if the name is taken.
-    async fn create_user(&self, name: &UserName, password_hash: &str) -> Result<UserRef, StoreError>;
+    async fn create_user(
+        &self,
+        name: &UserName,
+        password_hash: &str,
+    ) -> Result<UserRef, StoreError>;
     async fn user_by_name(&self, name: &UserName) -> Result<Option<UserCredentials>, StoreError>;
     /// Last seen of each given user that has one.
     async fn last_seen(&self, users: &[UserId]) -> Result<Vec<(UserId, Timestamp)>, StoreError>;
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> Result<(), StoreError>;
 
     // --- device sessions ---
-    async fn create_session(&self, session: &DeviceSession, token_hash: &str) -> Result<(), StoreError>;
-    async fn session_by_token_hash(&self, token_hash: &str) -> Result<Option<DeviceSession>, StoreError>;
+    async fn create_session(
+        &self,
+        session: &DeviceSession,
+        token_hash: &str,
+    ) -> Result<(), StoreError>;
+    async fn session_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DeviceSession>, StoreError>;
     async fn delete_session(&self, id: DeviceId) -> Result<(), StoreError>;
 
     // --- conversations and members ---
@@ -120,9 +131,17 @@ pub trait Store: Send + Sync + 'static {
     /// Every member's receipt; empty if the conversation does not exist.
     async fn members(&self, conversation: ConversationId) -> Result<Vec<Receipt>, StoreError>;
     /// The user's receipt, or None when they are not a member.
-    async fn membership(&self, conversation: ConversationId, user: UserId) -> Result<Option<Receipt>, StoreError>;
+    async fn membership(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Receipt>, StoreError>;
     /// The user's conversations, most recently active first, at most `limit`.
-    async fn conversations_of(&self, user: UserId, limit: u32) -> Result<Vec<ConversationSummary>, StoreError>;
+    async fn conversations_of(
+        &self,
+        user: UserId,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError>;
     /// Where the user stands in each of their conversations: what a reconnect resumes from.
     async fn positions(&self, user: UserId) -> Result<Vec<Position>, StoreError>;
     /// The receipts of everyone else in the user's conversations.
@@ -135,9 +154,19 @@ pub trait Store: Send + Sync + 'static {
     /// with the same (conversation, sender, client_msg_id). Returns after commit.
     async fn append_message(&self, message: NewMessage) -> Result<Appended, StoreError>;
     /// Messages with seq > `after`, ascending, at most `limit`.
-    async fn messages_after(&self, conversation: ConversationId, after: u64, limit: u32) -> Result<Vec<Message>, StoreError>;
+    async fn messages_after(
+        &self,
+        conversation: ConversationId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError>;
     /// Messages with seq < `before`, the newest `limit` of them, ascending.
-    async fn messages_before(&self, conversation: ConversationId, before: u64, limit: u32) -> Result<Vec<Message>, StoreError>;
+    async fn messages_before(
+        &self,
+        conversation: ConversationId,
+        before: u64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError>;
 
     // --- receipts ---
     /// Moves the member's watermarks forward to at least the given values, clamped to

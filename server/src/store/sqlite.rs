@@ -9,16 +9,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::{
-    Appended, ConversationSummary, DeviceSession, NewMessage, Position, ReceiptUpdate, Store, StoreError,
-    UserCredentials,
+    Appended, ConversationSummary, DeviceSession, NewMessage, Position, ReceiptUpdate, Store,
+    StoreError, UserCredentials,
 };
 use crate::domain::{
     ClientMsgId, ConversationId, ConversationKind, DeviceId, Message, MessageId, MessageText,
@@ -144,7 +144,11 @@ const PEER_RECEIPTS: &str = "SELECT o.conversation_id, o.user_id, u.name AS user
 impl Store for SqliteStore {
     // --- users ---
 
-    async fn create_user(&self, name: &UserName, password_hash: &str) -> Result<UserRef, StoreError> {
+    async fn create_user(
+        &self,
+        name: &UserName,
+        password_hash: &str,
+    ) -> Result<UserRef, StoreError> {
         let id = UserId(Uuid::now_v7());
         sqlx::query("INSERT INTO users (id, name, password_hash, created_at) VALUES (?, ?, ?, ?)")
             .bind(id.to_string())
@@ -154,7 +158,10 @@ impl Store for SqliteStore {
             .execute(&self.writer)
             .await
             .map_err(classify)?;
-        Ok(UserRef { id, name: name.clone() })
+        Ok(UserRef {
+            id,
+            name: name.clone(),
+        })
     }
 
     async fn user_by_name(&self, name: &UserName) -> Result<Option<UserCredentials>, StoreError> {
@@ -194,18 +201,24 @@ impl Store for SqliteStore {
     }
 
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?")
-            .bind(at.micros())
-            .bind(user.to_string())
-            .execute(&self.writer)
-            .await
-            .map_err(classify)?;
+        sqlx::query(
+            "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?",
+        )
+        .bind(at.micros())
+        .bind(user.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(classify)?;
         Ok(())
     }
 
     // --- device sessions ---
 
-    async fn create_session(&self, session: &DeviceSession, token_hash: &str) -> Result<(), StoreError> {
+    async fn create_session(
+        &self,
+        session: &DeviceSession,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO sessions (id, user_id, token_hash, device_name, created_at, expires_at) \
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -222,7 +235,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn session_by_token_hash(&self, token_hash: &str) -> Result<Option<DeviceSession>, StoreError> {
+    async fn session_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DeviceSession>, StoreError> {
         let row = sqlx::query(
             "SELECT s.id, s.user_id, u.name, s.device_name, s.created_at, s.expires_at \
              FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?",
@@ -269,12 +285,14 @@ impl Store for SqliteStore {
         }
         let now = Timestamp::now().micros();
         let mut tx = self.writer.begin().await.map_err(classify)?;
-        sqlx::query("INSERT OR IGNORE INTO conversations (id, kind, created_at) VALUES (?, 'direct', ?)")
-            .bind(id.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO conversations (id, kind, created_at) VALUES (?, 'direct', ?)",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
         for user in [a, b] {
             sqlx::query(
                 "INSERT OR IGNORE INTO members (conversation_id, user_id, role, joined_at) \
@@ -304,7 +322,11 @@ impl Store for SqliteStore {
         rows.iter().map(receipt_from_row).collect()
     }
 
-    async fn membership(&self, conversation: ConversationId, user: UserId) -> Result<Option<Receipt>, StoreError> {
+    async fn membership(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Receipt>, StoreError> {
         let row = sqlx::query(
             "SELECT m.conversation_id, m.user_id, u.name AS user_name, m.delivered_seq, m.read_seq \
              FROM members m JOIN users u ON u.id = m.user_id \
@@ -318,7 +340,11 @@ impl Store for SqliteStore {
         row.as_ref().map(receipt_from_row).transpose()
     }
 
-    async fn conversations_of(&self, user: UserId, limit: u32) -> Result<Vec<ConversationSummary>, StoreError> {
+    async fn conversations_of(
+        &self,
+        user: UserId,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
         let uid = user.to_string();
         let convs = sqlx::query(
             "SELECT c.id AS conversation_id, c.kind, c.last_seq, m.user_id, u.name AS user_name, \
@@ -336,10 +362,10 @@ impl Store for SqliteStore {
         .await
         .map_err(classify)?;
         let others = sqlx::query(PEER_RECEIPTS)
-        .bind(&uid)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(classify)?;
+            .bind(&uid)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(classify)?;
         let lasts = sqlx::query(
             "SELECT m.conversation_id, m.seq, m.id, m.sender_id, u.name AS sender_name, \
                     m.client_msg_id, m.body, m.created_at \
@@ -354,12 +380,14 @@ impl Store for SqliteStore {
         .await
         .map_err(classify)?;
 
-        let mut others_by_conv: std::collections::HashMap<ConversationId, Vec<Receipt>> = Default::default();
+        let mut others_by_conv: std::collections::HashMap<ConversationId, Vec<Receipt>> =
+            Default::default();
         for row in &others {
             let r = receipt_from_row(row)?;
             others_by_conv.entry(r.conversation_id).or_default().push(r);
         }
-        let mut last_by_conv: std::collections::HashMap<ConversationId, Message> = Default::default();
+        let mut last_by_conv: std::collections::HashMap<ConversationId, Message> =
+            Default::default();
         for row in &lasts {
             let m = message_from_row(row)?;
             last_by_conv.insert(m.conversation_id, m);
@@ -378,7 +406,9 @@ impl Store for SqliteStore {
                     kind,
                     last_seq: seq_col(row, "last_seq")?,
                     last_message: last_by_conv.remove(&own.conversation_id),
-                    others: others_by_conv.remove(&own.conversation_id).unwrap_or_default(),
+                    others: others_by_conv
+                        .remove(&own.conversation_id)
+                        .unwrap_or_default(),
                     own,
                 })
             })
@@ -458,7 +488,10 @@ impl Store for SqliteStore {
         if let Some(row) = existing {
             let message = message_from_row(&row)?;
             tx.rollback().await.map_err(classify)?;
-            return Ok(Appended { message, duplicate: true });
+            return Ok(Appended {
+                message,
+                duplicate: true,
+            });
         }
         let now = Timestamp::now();
         let row = sqlx::query(
@@ -471,7 +504,9 @@ impl Store for SqliteStore {
         .await
         .map_err(classify)?;
         let Some(row) = row else {
-            return Err(StoreError::Corrupt(format!("conversation {conv} does not exist")));
+            return Err(StoreError::Corrupt(format!(
+                "conversation {conv} does not exist"
+            )));
         };
         let seq = seq_col(&row, "last_seq")?;
         let id = MessageId(Uuid::now_v7());
@@ -515,7 +550,12 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn messages_after(&self, conversation: ConversationId, after: u64, limit: u32) -> Result<Vec<Message>, StoreError> {
+    async fn messages_after(
+        &self,
+        conversation: ConversationId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id \
              WHERE m.conversation_id = ? AND m.seq > ? ORDER BY m.seq ASC LIMIT ?"
@@ -529,7 +569,12 @@ impl Store for SqliteStore {
         rows.iter().map(message_from_row).collect()
     }
 
-    async fn messages_before(&self, conversation: ConversationId, before: u64, limit: u32) -> Result<Vec<Message>, StoreError> {
+    async fn messages_before(
+        &self,
+        conversation: ConversationId,
+        before: u64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id \
              WHERE m.conversation_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"
@@ -540,7 +585,10 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
-        let mut messages = rows.iter().map(message_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut messages = rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         messages.reverse();
         Ok(messages)
     }
@@ -573,10 +621,16 @@ impl Store for SqliteStore {
         let current = receipt_from_row(&row)?;
         let last_seq = seq_col(&row, "last_seq")?;
         let read = current.read_seq.max(read_seq.min(last_seq));
-        let delivered = current.delivered_seq.max(delivered_seq.min(last_seq)).max(read);
+        let delivered = current
+            .delivered_seq
+            .max(delivered_seq.min(last_seq))
+            .max(read);
         if read == current.read_seq && delivered == current.delivered_seq {
             tx.rollback().await.map_err(classify)?;
-            return Ok(Some(ReceiptUpdate { receipt: current, changed: false }));
+            return Ok(Some(ReceiptUpdate {
+                receipt: current,
+                changed: false,
+            }));
         }
         sqlx::query(
             "UPDATE members SET delivered_seq = ?, read_seq = ? WHERE conversation_id = ? AND user_id = ?",
@@ -590,7 +644,11 @@ impl Store for SqliteStore {
         .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
         Ok(Some(ReceiptUpdate {
-            receipt: Receipt { delivered_seq: delivered, read_seq: read, ..current },
+            receipt: Receipt {
+                delivered_seq: delivered,
+                read_seq: read,
+                ..current
+            },
             changed: true,
         }))
     }

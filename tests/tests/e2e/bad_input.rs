@@ -1,8 +1,8 @@
 //! Bad input gets a clear status, stores nothing, and never kills a stream that
 //! could go on.
 
-use chat_sdk::{proto, Event, Page, Target};
-use chat_tests::{expect_event, messages_until_caught_up, TestServer};
+use chat_sdk::{Event, Page, Target, proto};
+use chat_tests::{TestServer, expect_event, messages_until_caught_up};
 use tonic::Code;
 
 fn code<T: std::fmt::Debug>(result: Result<T, chat_sdk::Error>) -> Code {
@@ -10,7 +10,11 @@ fn code<T: std::fmt::Debug>(result: Result<T, chat_sdk::Error>) -> Code {
 }
 
 async fn last_seq(user: &chat_tests::User, conversation: &str) -> u64 {
-    let page = user.client.history(conversation, Page::Latest, 1).await.expect("history");
+    let page = user
+        .client
+        .history(conversation, Page::Latest, 1)
+        .await
+        .expect("history");
     page.messages.last().map(|m| m.seq).unwrap_or(0)
 }
 
@@ -23,26 +27,70 @@ async fn missing_or_wrong_token_is_unauthenticated() {
     assert_eq!(err.code(), Code::Unauthenticated);
 
     // Raw stub without any authorization header.
-    let channel = tonic::transport::Endpoint::from_shared(server.url.clone()).expect("url").connect().await.expect("c");
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("c");
     let mut raw = proto::chat_service_client::ChatServiceClient::new(channel);
-    let status = raw.list_conversations(proto::ListConversationsRequest {}).await.expect_err("no header");
+    let status = raw
+        .list_conversations(proto::ListConversationsRequest {})
+        .await
+        .expect_err("no header");
     assert_eq!(status.code(), Code::Unauthenticated);
 
-    let wrong = server.client().await.with_token("ct_not-a-real-token").expect("token");
-    assert_eq!(wrong.send(Target::User("alex".into()), "hi").await.expect_err("wrong").code(), Code::Unauthenticated);
-    assert_eq!(wrong.open_session(Default::default(), Default::default()).await.err().map(|e| e.code()), Some(Code::Unauthenticated));
+    let wrong = server
+        .client()
+        .await
+        .with_token("ct_not-a-real-token")
+        .expect("token");
+    assert_eq!(
+        wrong
+            .send(Target::User("alex".into()), "hi")
+            .await
+            .expect_err("wrong")
+            .code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        wrong
+            .open_session(Default::default(), Default::default())
+            .await
+            .err()
+            .map(|e| e.code()),
+        Some(Code::Unauthenticated)
+    );
 
     // A logged-out token stops working.
     alex.client.logout().await.expect("logout");
-    assert_eq!(alex.client.conversations().await.expect_err("logged out").code(), Code::Unauthenticated);
+    assert_eq!(
+        alex.client
+            .conversations()
+            .await
+            .expect_err("logged out")
+            .code(),
+        Code::Unauthenticated
+    );
 
-    let err = anonymous.login("alex", "wrong password!", "t").await.expect_err("bad password");
+    let err = anonymous
+        .login("alex", "wrong password!", "t")
+        .await
+        .expect_err("bad password");
     assert_eq!(err.code(), Code::Unauthenticated);
-    let err = anonymous.register("alex", "correct horse battery", "t").await.expect_err("taken");
+    let err = anonymous
+        .register("alex", "correct horse battery", "t")
+        .await
+        .expect_err("taken");
     assert_eq!(err.code(), Code::AlreadyExists);
-    let err = anonymous.register("bad name", "correct horse battery", "t").await.expect_err("bad name");
+    let err = anonymous
+        .register("bad name", "correct horse battery", "t")
+        .await
+        .expect_err("bad name");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = anonymous.register("shorty", "short", "t").await.expect_err("short password");
+    let err = anonymous
+        .register("shorty", "short", "t")
+        .await
+        .expect_err("short password");
     assert_eq!(err.code(), Code::InvalidArgument);
     server.shutdown().await;
 }
@@ -55,20 +103,49 @@ async fn non_members_get_not_found_and_nothing_changes() {
     let carol = server.user("carol").await;
     let conv = alex.send("riya", "private").await.conversation_id;
 
-    assert_eq!(code(carol.client.history(&conv, Page::Latest, 10).await), Code::NotFound);
+    assert_eq!(
+        code(carol.client.history(&conv, Page::Latest, 10).await),
+        Code::NotFound
+    );
     assert_eq!(code(carol.client.mark_read(&conv, 1).await), Code::NotFound);
     assert_eq!(code(carol.client.ack(&conv, 1).await), Code::NotFound);
-    assert_eq!(code(carol.client.set_typing(&conv, true).await), Code::NotFound);
     assert_eq!(
-        code(carol.client.send(Target::Conversation(conv.clone()), "let me in").await),
+        code(carol.client.set_typing(&conv, true).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            carol
+                .client
+                .send(Target::Conversation(conv.clone()), "let me in")
+                .await
+        ),
         Code::NotFound
     );
     let unknown = uuid::Uuid::new_v4().to_string();
-    assert_eq!(code(alex.client.history(&unknown, Page::Latest, 10).await), Code::NotFound);
-    assert_eq!(code(alex.client.send(Target::User("nobody".into()), "hello?").await), Code::NotFound);
-    assert_eq!(code(alex.client.open_direct("nobody").await), Code::NotFound);
     assert_eq!(
-        alex.client.history("not-a-uuid", Page::Latest, 10).await.map(|_| ()).expect_err("bad id").code(),
+        code(alex.client.history(&unknown, Page::Latest, 10).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            alex.client
+                .send(Target::User("nobody".into()), "hello?")
+                .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(alex.client.open_direct("nobody").await),
+        Code::NotFound
+    );
+    assert_eq!(
+        alex.client
+            .history("not-a-uuid", Page::Latest, 10)
+            .await
+            .map(|_| ())
+            .expect_err("bad id")
+            .code(),
         Code::InvalidArgument
     );
     assert_eq!(last_seq(&alex, &conv).await, 1, "nothing stored");
@@ -84,15 +161,38 @@ async fn invalid_text_is_rejected_and_nothing_is_stored() {
     let conv = alex.send("riya", "first").await.conversation_id;
     let riya = || Target::User("riya".into());
     for text in ["", "   \n", &"x".repeat(101), "nul\0inside"] {
-        let err = alex.client.send(riya(), text).await.expect_err("invalid text");
+        let err = alex
+            .client
+            .send(riya(), text)
+            .await
+            .expect_err("invalid text");
         assert_eq!(err.code(), Code::InvalidArgument, "text {text:?}");
     }
-    assert_eq!(alex.client.send(riya(), &"é".repeat(50)).await.expect("100 bytes is fine").seq, 2);
-    let err = alex.client.send_with_id(riya(), "", "no id").await.expect_err("empty id");
+    assert_eq!(
+        alex.client
+            .send(riya(), &"é".repeat(50))
+            .await
+            .expect("100 bytes is fine")
+            .seq,
+        2
+    );
+    let err = alex
+        .client
+        .send_with_id(riya(), "", "no id")
+        .await
+        .expect_err("empty id");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = alex.client.send_with_id(riya(), &"k".repeat(65), "long id").await.expect_err("long id");
+    let err = alex
+        .client
+        .send_with_id(riya(), &"k".repeat(65), "long id")
+        .await
+        .expect_err("long id");
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(last_seq(&alex, &conv).await, 2, "only the good messages are stored");
+    assert_eq!(
+        last_seq(&alex, &conv).await,
+        2,
+        "only the good messages are stored"
+    );
     server.shutdown().await;
 }
 
@@ -103,14 +203,25 @@ async fn sends_over_the_rate_limit_are_resource_exhausted() {
     let _riya = server.user("riya").await;
     let mut results = Vec::new();
     for i in 0..8 {
-        results.push(alex.client.send(Target::User("riya".into()), &format!("m{i}")).await);
+        results.push(
+            alex.client
+                .send(Target::User("riya".into()), &format!("m{i}"))
+                .await,
+        );
     }
-    let limited = results.iter().filter(|r| r.as_ref().err().map(|e| e.code()) == Some(Code::ResourceExhausted)).count();
+    let limited = results
+        .iter()
+        .filter(|r| r.as_ref().err().map(|e| e.code()) == Some(Code::ResourceExhausted))
+        .count();
     let ok = results.iter().filter(|r| r.is_ok()).count();
     assert!(ok >= 5, "the burst goes through");
     assert!(limited >= 2, "the rest is refused");
     let conv = alex.client.open_direct("riya").await.expect("open").id;
-    assert_eq!(last_seq(&alex, &conv).await, ok as u64, "refused sends store nothing");
+    assert_eq!(
+        last_seq(&alex, &conv).await,
+        ok as u64,
+        "refused sends store nothing"
+    );
     server.shutdown().await;
 }
 
@@ -125,11 +236,20 @@ async fn a_bad_request_on_the_stream_does_not_end_it() {
 
     let err = session.send(riya(), "").await.expect_err("empty");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = session.send(riya(), &"x".repeat(101)).await.expect_err("too long");
+    let err = session
+        .send(riya(), &"x".repeat(101))
+        .await
+        .expect_err("too long");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = session.send(Target::User("nobody".into()), "hi").await.expect_err("unknown");
+    let err = session
+        .send(Target::User("nobody".into()), "hi")
+        .await
+        .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
-    session.mark_read("not-a-uuid", 1).await.expect("frame sent");
+    session
+        .mark_read("not-a-uuid", 1)
+        .await
+        .expect("frame sent");
     let error = expect_event(&mut session, "error frame", |e| match e {
         Event::Error(err) => Some(err.clone()),
         _ => None,
@@ -137,7 +257,10 @@ async fn a_bad_request_on_the_stream_does_not_end_it() {
     .await;
     assert_eq!(error.code, "INVALID_ARGUMENT");
 
-    let ack = session.send(riya(), "still here").await.expect("the stream goes on");
+    let ack = session
+        .send(riya(), "still here")
+        .await
+        .expect("the stream goes on");
     assert_eq!(ack.seq, 1);
     server.shutdown().await;
 }

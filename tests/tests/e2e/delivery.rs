@@ -1,10 +1,13 @@
 //! Live delivery, receipts as watermarks, offline catch-up and resume from cursors.
 
 use chat_sdk::{Cursors, Event, SessionOptions, Target};
-use chat_tests::{expect_event, messages_through, messages_until_caught_up, seqs, TestServer};
+use chat_tests::{TestServer, expect_event, messages_through, messages_until_caught_up, seqs};
 
 fn manual_acks() -> SessionOptions {
-    SessionOptions { auto_ack: false, ..SessionOptions::default() }
+    SessionOptions {
+        auto_ack: false,
+        ..SessionOptions::default()
+    }
 }
 
 #[tokio::test]
@@ -14,10 +17,19 @@ async fn live_message_and_status_sent_delivered_read() {
     let riya = server.user("riya").await;
     let mut alex_session = alex.session().await;
     let mut riya_session = riya.session_with(Cursors::new(), manual_acks()).await;
-    expect_event(&mut alex_session, "alex caught up", |e| matches!(e, Event::CaughtUp).then_some(())).await;
-    expect_event(&mut riya_session, "riya caught up", |e| matches!(e, Event::CaughtUp).then_some(())).await;
+    expect_event(&mut alex_session, "alex caught up", |e| {
+        matches!(e, Event::CaughtUp).then_some(())
+    })
+    .await;
+    expect_event(&mut riya_session, "riya caught up", |e| {
+        matches!(e, Event::CaughtUp).then_some(())
+    })
+    .await;
 
-    let ack = alex_session.send(Target::User("riya".into()), "lunch?").await.expect("send");
+    let ack = alex_session
+        .send(Target::User("riya".into()), "lunch?")
+        .await
+        .expect("send");
     assert_eq!(ack.seq, 1);
     let conv = ack.conversation_id.clone();
 
@@ -31,8 +43,16 @@ async fn live_message_and_status_sent_delivered_read() {
     assert_eq!(got.id, ack.message_id);
 
     let status = |page: &chat_sdk::HistoryPage| page.messages[0].status();
-    let page = alex.client.history(&conv, chat_sdk::Page::Latest, 10).await.expect("history");
-    assert_eq!(status(&page), chat_sdk::proto::MessageStatus::Sent, "nothing acked yet");
+    let page = alex
+        .client
+        .history(&conv, chat_sdk::Page::Latest, 10)
+        .await
+        .expect("history");
+    assert_eq!(
+        status(&page),
+        chat_sdk::proto::MessageStatus::Sent,
+        "nothing acked yet"
+    );
 
     riya_session.ack(&conv, 1).await.expect("ack");
     let receipt = expect_event(&mut alex_session, "delivered receipt", |e| match e {
@@ -41,7 +61,11 @@ async fn live_message_and_status_sent_delivered_read() {
     })
     .await;
     assert_eq!((receipt.delivered_seq, receipt.read_seq), (1, 0));
-    let page = alex.client.history(&conv, chat_sdk::Page::Latest, 10).await.expect("history");
+    let page = alex
+        .client
+        .history(&conv, chat_sdk::Page::Latest, 10)
+        .await
+        .expect("history");
     assert_eq!(status(&page), chat_sdk::proto::MessageStatus::Delivered);
 
     riya_session.mark_read(&conv, 1).await.expect("mark read");
@@ -51,7 +75,11 @@ async fn live_message_and_status_sent_delivered_read() {
     })
     .await;
     assert_eq!((receipt.delivered_seq, receipt.read_seq), (1, 1));
-    let page = alex.client.history(&conv, chat_sdk::Page::Latest, 10).await.expect("history");
+    let page = alex
+        .client
+        .history(&conv, chat_sdk::Page::Latest, 10)
+        .await
+        .expect("history");
     assert_eq!(status(&page), chat_sdk::proto::MessageStatus::Read);
 
     // Watermarks never move back and never pass the last seq.
@@ -76,13 +104,24 @@ async fn offline_recipient_gets_everything_in_order_then_caught_up() {
     }
     let mut session = riya.session().await;
     let messages = messages_until_caught_up(&mut session).await;
-    assert_eq!(seqs(&messages), (1..=1000).collect::<Vec<_>>(), "all, in order, no gaps, no duplicates");
-    assert_eq!(messages.iter().map(|m| m.text.clone()).collect::<Vec<_>>(), texts);
+    assert_eq!(
+        seqs(&messages),
+        (1..=1000).collect::<Vec<_>>(),
+        "all, in order, no gaps, no duplicates"
+    );
+    assert_eq!(
+        messages.iter().map(|m| m.text.clone()).collect::<Vec<_>>(),
+        texts
+    );
 
     // Auto-acks reach the store: a new device of Riya's with no cursors gets nothing again.
     let conv = messages[0].conversation_id.clone();
     expect_event(&mut session, "riya's own delivered receipt", |e| match e {
-        Event::Receipt(r) if r.delivered_seq == 1000 && r.user.as_ref().is_some_and(|u| u.name == "riya") => Some(()),
+        Event::Receipt(r)
+            if r.delivered_seq == 1000 && r.user.as_ref().is_some_and(|u| u.name == "riya") =>
+        {
+            Some(())
+        }
         _ => None,
     })
     .await;
@@ -91,7 +130,10 @@ async fn offline_recipient_gets_everything_in_order_then_caught_up() {
     assert!(messages_until_caught_up(&mut again).await.is_empty());
     let list = riya.client.conversations().await.expect("list");
     assert_eq!(list.len(), 1);
-    assert_eq!((list[0].id.as_str(), list[0].unread, list[0].last_seq), (conv.as_str(), 1000, 1000));
+    assert_eq!(
+        (list[0].id.as_str(), list[0].unread, list[0].last_seq),
+        (conv.as_str(), 1000, 1000)
+    );
     server.shutdown().await;
 }
 
@@ -125,11 +167,17 @@ async fn reconnect_replays_only_what_is_missing() {
     let mut older = Cursors::new();
     older.advance(&conv, 3);
     let mut from_three = riya.session_with(older, manual_acks()).await;
-    assert_eq!(seqs(&messages_until_caught_up(&mut from_three).await), vec![4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(
+        seqs(&messages_until_caught_up(&mut from_three).await),
+        vec![4, 5, 6, 7, 8, 9, 10]
+    );
 
     // Live messages continue after the replay with no gap or repeat.
     alex.send("riya", "m11").await;
-    assert_eq!(seqs(&messages_through(&mut from_three, &conv, 11).await), vec![11]);
+    assert_eq!(
+        seqs(&messages_through(&mut from_three, &conv, 11).await),
+        vec![11]
+    );
     server.shutdown().await;
 }
 
@@ -166,4 +214,114 @@ async fn shutdown_closes_streams_with_a_retryable_status() {
     })
     .await;
     assert_eq!(status.map(|s| s.code()), Some(tonic::Code::Unavailable));
+}
+
+#[tokio::test]
+async fn subscribe_and_unary_calls_serve_the_same_session_core() {
+    use chat_sdk::proto::{self, server_frame::Kind};
+    use chat_tests::{next_frame, raw_chat_stub};
+    let server = TestServer::spawn().await;
+    let alex = server.user("alex").await;
+    let riya = server.user("riya").await;
+    let first = alex.send("riya", "while you were away").await;
+    let conv = first.conversation_id.clone();
+    let mut alex_session = alex.session().await;
+    messages_until_caught_up(&mut alex_session).await;
+
+    // Riya's browser: a server stream plus unary calls.
+    let mut browser = raw_chat_stub(&server.url, &riya.creds.token, None).await;
+    let mut stream = browser
+        .subscribe(proto::SubscribeRequest { cursors: vec![] })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let unwrap = |r: proto::SubscribeResponse| r.frame;
+    assert!(matches!(
+        next_frame(&mut stream, unwrap).await,
+        Kind::Welcome(_)
+    ));
+    match next_frame(&mut stream, unwrap).await {
+        Kind::Message(m) => assert_eq!((m.seq, m.text.as_str()), (1, "while you were away")),
+        other => panic!("expected the missed message, got {other:?}"),
+    }
+    let caught_up = loop {
+        match next_frame(&mut stream, unwrap).await {
+            Kind::CaughtUp(c) => break c,
+            Kind::Receipt(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(
+        caught_up.cursors,
+        vec![proto::Cursor {
+            conversation_id: conv.clone(),
+            seq: 1
+        }]
+    );
+    let online = expect_event(&mut alex_session, "riya online", |e| match e {
+        Event::Presence(p) => Some(p.online),
+        _ => None,
+    })
+    .await;
+    assert!(online);
+
+    alex_session
+        .send(Target::User("riya".into()), "live")
+        .await
+        .expect("send");
+    match next_frame(&mut stream, unwrap).await {
+        Kind::Message(m) => assert_eq!(m.seq, 2),
+        other => panic!("expected the live message, got {other:?}"),
+    }
+    browser
+        .heartbeat(proto::HeartbeatRequest {})
+        .await
+        .expect("heartbeat");
+    let mark = proto::MarkReadUpTo {
+        conversation_id: conv.clone(),
+        seq: 2,
+    };
+    let receipt = browser
+        .mark_read(proto::MarkReadRequest { mark: Some(mark) })
+        .await
+        .expect("read")
+        .into_inner();
+    assert_eq!(
+        receipt.receipt.map(|r| (r.delivered_seq, r.read_seq)),
+        Some((2, 2))
+    );
+    let read = expect_event(&mut alex_session, "read receipt", |e| match e {
+        Event::Receipt(r) if r.user.as_ref().is_some_and(|u| u.name == "riya") => Some(r.read_seq),
+        _ => None,
+    })
+    .await;
+    assert_eq!(read, 2);
+
+    // A send from the browser reaches Alex live, echoed on Riya's own stream.
+    let send = proto::SendMessage {
+        client_msg_id: "browser-1".into(),
+        target: Some(proto::send_message::Target::ConversationId(conv.clone())),
+        text: "from the browser".into(),
+    };
+    let ack = browser
+        .send(proto::SendRequest {
+            message: Some(send),
+        })
+        .await
+        .expect("send")
+        .into_inner();
+    assert_eq!(ack.ack.map(|a| a.seq), Some(3));
+    let got = expect_event(&mut alex_session, "browser message", |e| match e {
+        Event::Message(m) if m.seq == 3 => Some(m.text.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, "from the browser");
+    loop {
+        if let Kind::Message(m) = next_frame(&mut stream, unwrap).await {
+            assert_eq!(m.seq, 3);
+            break;
+        }
+    }
+    server.shutdown().await;
 }

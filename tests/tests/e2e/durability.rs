@@ -1,15 +1,21 @@
 //! Durability: everything acknowledged before a SIGKILL is there after a restart.
 
 use chat_sdk::{Client, Page, Target};
-use chat_tests::{seqs, ServerProcess, DEADLINE};
+use chat_tests::{DEADLINE, ServerProcess, seqs};
 
 #[tokio::test]
 async fn acked_messages_survive_sigkill() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = ServerProcess::start(dir.path()).await;
     let client = Client::connect(&server.url).await.expect("connect");
-    let alex = client.register("alex", "correct horse battery", "t").await.expect("register");
-    client.register("riya", "correct horse battery", "t").await.expect("register");
+    let alex = client
+        .register("alex", "correct horse battery", "t")
+        .await
+        .expect("register");
+    client
+        .register("riya", "correct horse battery", "t")
+        .await
+        .expect("register");
     let alex_client = client.with_token(&alex.token).expect("token");
     let conv = alex_client.open_direct("riya").await.expect("open").id;
 
@@ -20,7 +26,10 @@ async fn acked_messages_survive_sigkill() {
         async move {
             let mut acked = Vec::new();
             for i in 0.. {
-                match alex_client.send(Target::User("riya".into()), &format!("m{i}")).await {
+                match alex_client
+                    .send(Target::User("riya".into()), &format!("m{i}"))
+                    .await
+                {
                     Ok(ack) => {
                         acked.push(ack);
                         let _ = progress.send(acked.len());
@@ -41,25 +50,42 @@ async fn acked_messages_survive_sigkill() {
 
     let restarted = ServerProcess::start(dir.path()).await;
     // The token issued before the crash still works: sessions are stored, not in memory.
-    let alex_client = Client::connect(&restarted.url).await.expect("connect").with_token(&alex.token).expect("token");
+    let alex_client = Client::connect(&restarted.url)
+        .await
+        .expect("connect")
+        .with_token(&alex.token)
+        .expect("token");
     let mut stored = Vec::new();
     let mut after = 0;
     loop {
-        let page = alex_client.history(&conv, Page::After(after), 200).await.expect("history");
+        let page = alex_client
+            .history(&conv, Page::After(after), 200)
+            .await
+            .expect("history");
         stored.extend(page.messages.clone());
         match page.messages.last() {
             Some(last) if page.has_more => after = last.seq,
             _ => break,
         }
     }
-    assert_eq!(seqs(&stored), (1..=stored.len() as u64).collect::<Vec<_>>(), "gapless after restart");
+    assert_eq!(
+        seqs(&stored),
+        (1..=stored.len() as u64).collect::<Vec<_>>(),
+        "gapless after restart"
+    );
     for ack in &acked {
-        let m = stored.iter().find(|m| m.seq == ack.seq).expect("acked message is stored");
+        let m = stored
+            .iter()
+            .find(|m| m.seq == ack.seq)
+            .expect("acked message is stored");
         assert_eq!(m.id, ack.message_id);
         assert_eq!(m.client_msg_id, ack.client_msg_id);
     }
     // And the store goes on from the right seq.
-    let next = alex_client.send(Target::User("riya".into()), "after restart").await.expect("send");
+    let next = alex_client
+        .send(Target::User("riya".into()), "after restart")
+        .await
+        .expect("send");
     assert_eq!(next.seq, stored.len() as u64 + 1);
     restarted.kill().await;
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chat_sdk::{Cursors, Event, SessionOptions};
-use chat_tests::{expect_event, messages_until_caught_up, TestServer};
+use chat_tests::{TestServer, expect_event, messages_until_caught_up};
 
 fn presence_of<'a>(name: &'a str) -> impl FnMut(&Event) -> Option<chat_sdk::proto::Presence> + 'a {
     move |e| match e {
@@ -40,7 +40,10 @@ async fn online_while_connected_then_last_seen_after_disconnect() {
     assert!(offline.last_seen.is_some());
     let stored = alex.client.presence(&["riya"]).await.expect("presence");
     assert!(!stored[0].online);
-    assert_eq!(stored[0].last_seen, offline.last_seen, "last seen is persisted");
+    assert_eq!(
+        stored[0].last_seen, offline.last_seen,
+        "last seen is persisted"
+    );
     server.shutdown().await;
 }
 
@@ -54,17 +57,33 @@ async fn a_device_that_stops_heartbeating_goes_offline_and_comes_back() {
     let mut alex_session = alex.session().await;
     messages_until_caught_up(&mut alex_session).await;
 
-    let silent = SessionOptions { heartbeat_interval: Some(Duration::ZERO), ..SessionOptions::default() };
+    let silent = SessionOptions {
+        heartbeat_interval: Some(Duration::ZERO),
+        ..SessionOptions::default()
+    };
     let riya_session = riya.session_with(Cursors::new(), silent).await;
-    assert!(expect_event(&mut alex_session, "riya online", presence_of("riya")).await.online);
-    let offline = expect_event(&mut alex_session, "riya offline by timeout", presence_of("riya")).await;
+    assert!(
+        expect_event(&mut alex_session, "riya online", presence_of("riya"))
+            .await
+            .online
+    );
+    let offline = expect_event(
+        &mut alex_session,
+        "riya offline by timeout",
+        presence_of("riya"),
+    )
+    .await;
     assert!(!offline.online);
     assert!(offline.last_seen.is_some());
 
     // Any frame on the stream is a sign of life.
     let conv = alex.client.open_direct("riya").await.expect("open").id;
     riya_session.typing(&conv, false).await.expect("typing");
-    assert!(expect_event(&mut alex_session, "riya back online", presence_of("riya")).await.online);
+    assert!(
+        expect_event(&mut alex_session, "riya back online", presence_of("riya"))
+            .await
+            .online
+    );
     server.shutdown().await;
 }
 
@@ -73,10 +92,21 @@ async fn presence_is_only_visible_to_contacts() {
     let server = TestServer::spawn().await;
     let alex = server.user("alex").await;
     let _stranger = server.user("stranger").await;
-    let err = alex.client.presence(&["stranger"]).await.expect_err("not a contact");
+    let err = alex
+        .client
+        .presence(&["stranger"])
+        .await
+        .expect_err("not a contact");
     assert_eq!(err.code(), tonic::Code::NotFound);
-    let err = alex.client.presence(&["nobody"]).await.expect_err("no such user");
+    let err = alex
+        .client
+        .presence(&["nobody"])
+        .await
+        .expect_err("no such user");
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert_eq!(alex.client.presence(&["alex"]).await.expect("self").len(), 1);
+    assert_eq!(
+        alex.client.presence(&["alex"]).await.expect("self").len(),
+        1
+    );
     server.shutdown().await;
 }

@@ -1,8 +1,8 @@
 //! A session that stops reading is closed with UNAVAILABLE once its bounded queue is
 //! full; nobody else waits for it, and after reconnecting it has everything.
 
-use chat_sdk::{proto, Cursors, SessionOptions};
-use chat_tests::{messages_through, messages_until_caught_up, seqs, TestServer};
+use chat_sdk::{Cursors, SessionOptions, proto};
+use chat_tests::{TestServer, messages_through, messages_until_caught_up, seqs};
 use futures::StreamExt;
 use tonic::Code;
 
@@ -14,22 +14,23 @@ async fn a_stalled_session_is_cut_off_without_holding_up_others() {
     let conv = alex.client.open_direct("riya").await.expect("open").id;
 
     // Riya's stalled device: a raw stream with small HTTP/2 windows that is never read.
-    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
-        .expect("url")
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .expect("connect");
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", riya.creds.token).parse().expect("header");
-    let mut raw = proto::chat_service_client::ChatServiceClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", bearer.clone());
-        Ok(r)
-    });
+    let mut raw = chat_tests::raw_chat_stub(&server.url, &riya.creds.token, Some(65_535)).await;
     let (frames, outbound) = tokio::sync::mpsc::channel(4);
-    let hello = proto::ClientFrame { request_id: 0, kind: Some(proto::client_frame::Kind::Hello(proto::Hello { cursors: vec![] })) };
-    frames.send(proto::ConnectRequest { frame: Some(hello) }).await.expect("hello");
-    let mut stalled = raw.connect(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.expect("connect").into_inner();
+    let hello = proto::ClientFrame {
+        request_id: 0,
+        kind: Some(proto::client_frame::Kind::Hello(proto::Hello {
+            cursors: vec![],
+        })),
+    };
+    frames
+        .send(proto::ConnectRequest { frame: Some(hello) })
+        .await
+        .expect("hello");
+    let mut stalled = raw
+        .connect(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await
+        .expect("connect")
+        .into_inner();
 
     // Riya's other device and Alex's own session read normally.
     let mut riya_fast = riya.session().await;
@@ -43,14 +44,28 @@ async fn a_stalled_session_is_cut_off_without_holding_up_others() {
     for _ in 0..total {
         alex.send("riya", &text).await;
     }
-    assert_eq!(seqs(&messages_through(&mut riya_fast, &conv, total).await), (1..=total).collect::<Vec<_>>());
-    assert_eq!(seqs(&messages_through(&mut alex_session, &conv, total).await), (1..=total).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&messages_through(&mut riya_fast, &conv, total).await),
+        (1..=total).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&messages_through(&mut alex_session, &conv, total).await),
+        (1..=total).collect::<Vec<_>>()
+    );
 
     // The stalled stream holds what fitted in its buffers, then the close status.
     let mut held = 0;
     let status = loop {
-        match tokio::time::timeout(chat_tests::DEADLINE, stalled.next()).await.expect("stream ends") {
-            Some(Ok(proto::ConnectResponse { frame: Some(proto::ServerFrame { kind: Some(proto::server_frame::Kind::Message(m)) }) })) => {
+        match tokio::time::timeout(chat_tests::DEADLINE, stalled.next())
+            .await
+            .expect("stream ends")
+        {
+            Some(Ok(proto::ConnectResponse {
+                frame:
+                    Some(proto::ServerFrame {
+                        kind: Some(proto::server_frame::Kind::Message(m)),
+                    }),
+            })) => {
                 assert_eq!(m.seq, held + 1, "in order, no gaps");
                 held = m.seq;
             }
@@ -60,8 +75,15 @@ async fn a_stalled_session_is_cut_off_without_holding_up_others() {
         }
     };
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(held < total, "the server did not buffer everything for a stalled client");
-    assert_eq!(server.chat().hub.session_count(), 2, "the stalled session is gone");
+    assert!(
+        held < total,
+        "the server did not buffer everything for a stalled client"
+    );
+    assert_eq!(
+        server.chat().hub.session_count(),
+        2,
+        "the stalled session is gone"
+    );
     drop(frames);
 
     // Reconnecting from what it held gets exactly the rest.

@@ -8,17 +8,26 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::{anyhow, Context};
-use chat_sdk::{proto, Client, Cursors, Event, Page, SessionOptions, Target};
+use anyhow::{Context, anyhow};
+use chat_sdk::{Client, Cursors, Event, Page, SessionOptions, Target, proto};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "chat", version, about = "Command-line client for the chat server")]
+#[command(
+    name = "chat",
+    version,
+    about = "Command-line client for the chat server"
+)]
 struct Cli {
     /// Server address.
-    #[arg(long, env = "CHAT_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "CHAT_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     server: String,
     /// Use the saved session of this user (default: the last one logged in).
     #[arg(long = "as", env = "CHAT_AS", global = true)]
@@ -100,7 +109,11 @@ struct Output {
 impl Output {
     fn emit(&self, value: serde_json::Value, text: String) {
         let mut out = std::io::stdout().lock();
-        let _ = if self.json { writeln!(out, "{value}") } else { writeln!(out, "{text}") };
+        let _ = if self.json {
+            writeln!(out, "{value}")
+        } else {
+            writeln!(out, "{text}")
+        };
         let _ = out.flush();
     }
 }
@@ -124,12 +137,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = config_dir(cli.config_dir.clone())?;
     let out = Output { json: cli.json };
     match cli.command {
-        Command::Register { ref name, ref password } => {
+        Command::Register {
+            ref name,
+            ref password,
+        } => {
             let client = Client::connect(&cli.server).await?;
             let creds = client.register(name, password, "cli").await?;
             save_new(&dir, &cli.server, creds, &out, "registered")
         }
-        Command::Login { ref name, ref password } => {
+        Command::Login {
+            ref name,
+            ref password,
+        } => {
             let client = Client::connect(&cli.server).await?;
             let creds = client.login(name, password, "cli").await?;
             save_new(&dir, &cli.server, creds, &out, "logged in")
@@ -138,7 +157,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (saved, client) = logged_in(&cli, &dir).await?;
             client.logout().await?;
             std::fs::remove_file(session_path(&dir, &saved.name)).ok();
-            out.emit(json!({"type": "logout", "user": saved.name}), format!("logged out {}", saved.name));
+            out.emit(
+                json!({"type": "logout", "user": saved.name}),
+                format!("logged out {}", saved.name),
+            );
             Ok(())
         }
         Command::Send { ref to, ref text } => {
@@ -158,11 +180,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read { ref to, up_to } => {
             let (_, client) = logged_in(&cli, &dir).await?;
             let conversation = client.open_direct(to).await?;
-            let receipt = client.mark_read(&conversation.id, up_to.unwrap_or(0)).await?;
+            let receipt = client
+                .mark_read(&conversation.id, up_to.unwrap_or(0))
+                .await?;
             print_receipt(&out, &receipt);
             Ok(())
         }
-        Command::History { ref to, limit, before } => {
+        Command::History {
+            ref to,
+            limit,
+            before,
+        } => {
             let (saved, client) = logged_in(&cli, &dir).await?;
             let conversation = client.open_direct(to).await?;
             let page = before.map(Page::Before).unwrap_or(Page::Latest);
@@ -170,10 +198,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for m in &history.messages {
                 print_message(&out, m, Some(status_name(m.status())), &saved.name);
             }
-            if history.has_more && !out.json {
-                if let Some(first) = history.messages.first() {
-                    println!("(older messages: chat history {to} --before {})", first.seq);
-                }
+            if history.has_more
+                && !out.json
+                && let Some(first) = history.messages.first()
+            {
+                println!("(older messages: chat history {to} --before {})", first.seq);
             }
             Ok(())
         }
@@ -181,8 +210,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (_, client) = logged_in(&cli, &dir).await?;
             for c in client.conversations().await? {
                 let peer = c.peer.as_ref().map(|p| p.name.clone()).unwrap_or_default();
-                let last = c.last_message.as_ref().map(|m| m.text.clone()).unwrap_or_default();
-                let presence = c.peer_presence.as_ref().map(presence_text).unwrap_or_default();
+                let last = c
+                    .last_message
+                    .as_ref()
+                    .map(|m| m.text.clone())
+                    .unwrap_or_default();
+                let presence = c
+                    .peer_presence
+                    .as_ref()
+                    .map(presence_text)
+                    .unwrap_or_default();
                 out.emit(
                     json!({"type": "conversation", "conversation_id": c.id, "peer": peer, "last_seq": c.last_seq,
                            "unread": c.unread, "last_message": last,
@@ -212,7 +249,10 @@ async fn watch(
 ) -> anyhow::Result<()> {
     // Delivery is acknowledged, and the saved cursors advanced, only for what was
     // printed: events still buffered when `--count` is reached are shown next time.
-    let options = SessionOptions { auto_ack: false, ..SessionOptions::default() };
+    let options = SessionOptions {
+        auto_ack: false,
+        ..SessionOptions::default()
+    };
     let mut session = client.open_session(saved.cursors.clone(), options).await?;
     let idle = timeout.map(Duration::from_secs_f64);
     let mut seen = 0usize;
@@ -234,7 +274,9 @@ async fn watch(
         let Some(event) = next else { break Ok(()) };
         match event {
             None | Some(Event::Closed(None)) => break Ok(()),
-            Some(Event::Closed(Some(status))) => break Err(anyhow::Error::new(chat_sdk::Error::Status(status))),
+            Some(Event::Closed(Some(status))) => {
+                break Err(anyhow::Error::new(chat_sdk::Error::Status(status)));
+            }
             Some(Event::CaughtUp) => {
                 caught_up = true;
                 for (conversation, seq) in session.cursors().iter() {
@@ -280,7 +322,8 @@ async fn watch(
 
 fn timestamp_text(t: Option<&prost_types::Timestamp>) -> Option<String> {
     let t = t?;
-    let at = UNIX_EPOCH + Duration::new(u64::try_from(t.seconds).ok()?, u32::try_from(t.nanos).ok()?);
+    let at =
+        UNIX_EPOCH + Duration::new(u64::try_from(t.seconds).ok()?, u32::try_from(t.nanos).ok()?);
     Some(humantime::format_rfc3339_millis(at).to_string())
 }
 
@@ -293,7 +336,11 @@ fn status_name(s: proto::MessageStatus) -> &'static str {
 }
 
 fn print_message(out: &Output, m: &proto::Message, status: Option<&str>, me: &str) {
-    let sender = m.sender.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+    let sender = m
+        .sender
+        .as_ref()
+        .map(|u| u.name.clone())
+        .unwrap_or_default();
     let sent_at = timestamp_text(m.sent_at.as_ref());
     let mut value = json!({"type": "message", "conversation_id": m.conversation_id, "seq": m.seq, "id": m.id,
                            "sender": sender, "text": m.text, "sent_at": sent_at});
@@ -317,7 +364,10 @@ fn print_receipt(out: &Output, r: &proto::Receipt) {
     out.emit(
         json!({"type": "receipt", "conversation_id": r.conversation_id, "user": user,
                "delivered_seq": r.delivered_seq, "read_seq": r.read_seq}),
-        format!("{user}: delivered up to #{}, read up to #{}", r.delivered_seq, r.read_seq),
+        format!(
+            "{user}: delivered up to #{}, read up to #{}",
+            r.delivered_seq, r.read_seq
+        ),
     );
 }
 
@@ -349,7 +399,8 @@ fn config_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(xdg).join("chat"));
     }
-    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("set HOME, XDG_CONFIG_HOME or --config-dir"))?;
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| anyhow!("set HOME, XDG_CONFIG_HOME or --config-dir"))?;
     Ok(PathBuf::from(home).join(".config").join("chat"))
 }
 
@@ -360,7 +411,8 @@ fn session_path(dir: &Path, name: &str) -> PathBuf {
 fn save(dir: &Path, saved: &Saved) -> anyhow::Result<()> {
     let path = session_path(dir, &saved.name);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, serde_json::to_vec_pretty(saved)?)?;
@@ -373,7 +425,13 @@ fn save(dir: &Path, saved: &Saved) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn save_new(dir: &Path, server: &str, creds: chat_sdk::Credentials, out: &Output, verb: &str) -> anyhow::Result<()> {
+fn save_new(
+    dir: &Path,
+    server: &str,
+    creds: chat_sdk::Credentials,
+    out: &Output,
+    verb: &str,
+) -> anyhow::Result<()> {
     let saved = Saved {
         server: server.to_owned(),
         name: creds.user.name.clone(),
@@ -396,11 +454,15 @@ async fn logged_in(cli: &Cli, dir: &Path) -> anyhow::Result<(Saved, Client)> {
         Some(name) => name.to_ascii_lowercase(),
         None => std::fs::read_to_string(dir.join("current"))
             .map(|s| s.trim().to_owned())
-            .map_err(|_| anyhow!("not logged in: run `chat register NAME` or `chat login NAME` first"))?,
+            .map_err(|_| {
+                anyhow!("not logged in: run `chat register NAME` or `chat login NAME` first")
+            })?,
     };
     let raw = std::fs::read(session_path(dir, &name))
         .map_err(|_| anyhow!("no saved session for {name}: run `chat login {name}`"))?;
     let saved: Saved = serde_json::from_slice(&raw).context("saved session is unreadable")?;
-    let client = Client::connect(&cli.server).await?.with_token(&saved.token)?;
+    let client = Client::connect(&cli.server)
+        .await?
+        .with_token(&saved.token)?;
     Ok((saved, client))
 }
