@@ -17,4 +17,4 @@ pub mod session;
 pub mod store;
 
 pub use config::Config;
-pub use server::{Running, ServeError, start};
+pub use server::{BusLayer, Running, ServeError, start, start_with};

@@ -15,7 +15,7 @@ use tonic::transport::Server;
 
 use crate::api::{auth::AuthApi, chat::ChatApi};
 use crate::auth::Auth;
-use crate::bus::InProcessBus;
+use crate::bus::{Bus, InProcessBus};
 use crate::chat::{Chat, Limits};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -89,13 +89,29 @@ async fn open_store(config: &Config) -> Result<Arc<SqliteStore>, ServeError> {
     }
 }
 
+/// Wraps the bus the server would use, e.g. to inject faults in tests.
+pub type BusLayer = Box<dyn FnOnce(Arc<dyn Bus>) -> Arc<dyn Bus> + Send>;
+
 /// Opens the store and serves on `listener` until shut down.
 pub async fn start(config: Config, listener: TcpListener) -> Result<Running, ServeError> {
+    start_with(config, listener, None).await
+}
+
+/// [`start`], with the bus wrapped by `bus_layer`.
+pub async fn start_with(
+    config: Config,
+    listener: TcpListener,
+    bus_layer: Option<BusLayer>,
+) -> Result<Running, ServeError> {
     let addr = listener.local_addr()?;
     let sqlite = open_store(&config).await?;
     let store: Arc<dyn Store> = sqlite.clone();
     let hub = Hub::new(config.session_queue);
-    let bus = Arc::new(InProcessBus::new(hub.clone()));
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(hub.clone()));
+    let bus = match bus_layer {
+        Some(layer) => layer(bus),
+        None => bus,
+    };
     let chat = Arc::new(Chat::new(
         store.clone(),
         bus,

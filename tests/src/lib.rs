@@ -52,11 +52,16 @@ impl TestServer {
 
     /// Starts a server with extra command-line flags.
     pub async fn spawn_with(extra: &[&str]) -> Self {
+        Self::spawn_layered(extra, None).await
+    }
+
+    /// Starts a server whose bus is wrapped (fault injection).
+    pub async fn spawn_layered(extra: &[&str], bus_layer: Option<chat_server::BusLayer>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let running = chat_server::start(config(dir.path(), extra), listener)
+        let running = chat_server::start_with(config(dir.path(), extra), listener, bus_layer)
             .await
             .expect("server starts");
         TestServer {

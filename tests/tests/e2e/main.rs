@@ -7,5 +7,6 @@ mod delivery;
 mod durability;
 mod history;
 mod idempotency;
+mod lossy_bus;
 mod presence;
 mod slow_consumer;
