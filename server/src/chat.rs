@@ -4,8 +4,11 @@
 //! they behave the same. The order inside each operation is the product's promise:
 //! validate, check membership, commit to the store, and only then publish to the bus.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
 use crate::domain::{
@@ -14,7 +17,7 @@ use crate::domain::{
 };
 use crate::error::ChatError;
 use crate::hub::Hub;
-use crate::presence::{Flip, PresenceTracker};
+use crate::presence::PresenceTracker;
 use crate::ratelimit::RateLimiter;
 use crate::store::{Appended, ConversationSummary, DeviceSession, NewMessage, Store};
 
@@ -66,6 +69,11 @@ pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
 pub const HISTORY_MAX_LIMIT: u32 = 200;
 pub const CONVERSATIONS_MAX: u32 = 1000;
 
+/// Typing signals each user may send per second (and in a burst): they are cheap to
+/// send and land in other people's queues.
+const TYPING_PER_SECOND: u32 = 5;
+const TYPING_BURST: u32 = 20;
+
 pub struct Chat {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
@@ -73,13 +81,21 @@ pub struct Chat {
     pub presence: PresenceTracker,
     pub limits: Limits,
     limiter: RateLimiter,
+    typing_limiter: RateLimiter,
+    /// Users whose presence may have changed, for the announcer task.
+    presence_changes: mpsc::UnboundedSender<UserId>,
+    announcer_inbox: Mutex<Option<mpsc::UnboundedReceiver<UserId>>>,
 }
 
 impl Chat {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, hub: Arc<Hub>, limits: Limits) -> Self {
+        let (presence_changes, announcer_inbox) = mpsc::unbounded_channel();
         Chat {
             presence: PresenceTracker::new(limits.presence_timeout),
             limiter: RateLimiter::new(limits.send_rate_per_second, limits.send_burst),
+            typing_limiter: RateLimiter::new(TYPING_PER_SECOND, TYPING_BURST),
+            presence_changes,
+            announcer_inbox: Mutex::new(Some(announcer_inbox)),
             store,
             bus,
             hub,
@@ -111,26 +127,43 @@ impl Chat {
             Some(Target::Recipient(name)) => self.open_direct(me, &name).await?,
         };
         if !self.limiter.try_acquire(me.id) {
+            // A retry of a message already stored gets its original ack at any rate.
+            if let Some(message) = self
+                .store
+                .find_sent(conversation, me.id, &client_msg_id)
+                .await?
+            {
+                return Ok(Appended {
+                    message,
+                    duplicate: true,
+                });
+            }
             return Err(ChatError::RateLimited(
                 "too many messages; slow down and retry".into(),
             ));
         }
-        let appended = self
-            .store
-            .append_message(NewMessage {
-                conversation_id: conversation,
-                sender: me.clone(),
-                client_msg_id,
-                text,
-            })
-            .await?;
-        // Committed: now, and only now, ring the recipients' doorbells. A retry rings
-        // again in case the first publish was lost; sessions drop duplicates by seq.
         let members = self.member_ids(conversation).await?;
-        self.bus
-            .publish(&members, Event::Message(Arc::new(appended.message.clone())))
-            .await;
-        Ok(appended)
+        let new = NewMessage {
+            conversation_id: conversation,
+            sender: me.clone(),
+            client_msg_id,
+            text,
+        };
+        let (store, bus) = (self.store.clone(), self.bus.clone());
+        // Commit, then, and only then, ring the recipients' doorbells. Both run in their
+        // own task so that a caller who goes away after the commit (a cancelled call, an
+        // expired deadline) cannot skip the publish. A retry rings again in case the
+        // first publish was lost; sessions drop duplicates by seq.
+        let committed = tokio::spawn(async move {
+            let appended = store.append_message(new).await?;
+            bus.publish(&members, Event::Message(Arc::new(appended.message.clone())))
+                .await;
+            Ok::<_, crate::store::StoreError>(appended)
+        });
+        match committed.await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(ChatError::Unexpected(format!("send task: {e}"))),
+        }
     }
 
     pub async fn history(
@@ -244,6 +277,9 @@ impl Chat {
     ) -> Result<(), ChatError> {
         let conversation = ConversationId::parse(conversation, "conversation_id")?;
         self.require_member(conversation, me.id).await?;
+        if !self.typing_limiter.try_acquire(me.id) {
+            return Err(ChatError::RateLimited("too many typing signals".into()));
+        }
         let others: Vec<UserId> = self
             .member_ids(conversation)
             .await?
@@ -364,57 +400,93 @@ impl Chat {
         })
     }
 
-    pub async fn stream_opened(&self, device: &DeviceSession) {
-        let flip = self.presence.stream_opened(&device.user, device.id);
-        self.announce(&device.user, flip).await;
+    pub fn stream_opened(&self, device: &DeviceSession) {
+        if self.presence.stream_opened(&device.user, device.id) {
+            let _ = self.presence_changes.send(device.user.id);
+        }
     }
 
-    pub async fn stream_closed(&self, device: &DeviceSession) {
-        let flip = self.presence.stream_closed(device.user.id, device.id);
-        self.announce(&device.user, flip).await;
+    pub fn stream_closed(&self, device: &DeviceSession) {
+        if self.presence.stream_closed(device.user.id, device.id) {
+            let _ = self.presence_changes.send(device.user.id);
+        }
     }
 
-    pub async fn heartbeat(&self, device: &DeviceSession) {
-        let flip = self.presence.heartbeat(device.user.id, device.id);
-        self.announce(&device.user, flip).await;
+    pub fn heartbeat(&self, device: &DeviceSession) {
+        if self.presence.heartbeat(device.user.id, device.id) {
+            let _ = self.presence_changes.send(device.user.id);
+        }
     }
 
-    /// Expires stale heartbeats; runs periodically.
-    pub async fn sweep(&self) {
+    /// Expires stale heartbeats and forgets idle rate-limit buckets; runs periodically.
+    pub fn sweep(&self) {
         self.limiter.prune();
+        self.typing_limiter.prune();
         for user in self.presence.sweep() {
-            self.announce(&user, Some(Flip::Offline)).await;
+            let _ = self.presence_changes.send(user);
         }
     }
 
-    /// Persists last seen on going offline and tells everyone who shares a conversation.
-    async fn announce(&self, user: &UserRef, flip: Option<Flip>) {
-        let Some(flip) = flip else { return };
-        let state = match flip {
-            Flip::Online => PresenceState {
-                user: user.clone(),
-                online: true,
-                last_seen: None,
-            },
-            Flip::Offline => {
-                let now = Timestamp::now();
-                if let Err(e) = self.store.set_last_seen(user.id, now).await {
-                    tracing::warn!(error = %e, user = %user.name, "could not persist last seen");
-                }
-                PresenceState {
-                    user: user.clone(),
-                    online: false,
-                    last_seen: Some(now),
-                }
-            }
-        };
-        match self.store.contacts(user.id).await {
-            Ok(contacts) => {
-                let ids: Vec<UserId> = contacts.iter().map(|c| c.id).collect();
-                self.bus.publish(&ids, Event::Presence(state)).await;
-            }
-            Err(e) => tracing::warn!(error = %e, "could not announce presence"),
+    /// Records "last seen now" for everyone online, so a crash or a stop loses little.
+    pub async fn checkpoint_last_seen(&self) {
+        let online = self.presence.online_users();
+        if online.is_empty() {
+            return;
         }
+        if let Err(e) = self.store.set_last_seen(&online, Timestamp::now()).await {
+            tracing::warn!(error = %e, "could not checkpoint last seen");
+        }
+    }
+
+    /// Tells contacts about presence changes, one user at a time, in the order they
+    /// happened, always with the user's current state (a stale flip is never sent).
+    /// Going offline persists last seen first.
+    pub async fn run_announcer(&self, stop: CancellationToken) {
+        let inbox = self.announcer_inbox.lock().ok().and_then(|mut i| i.take());
+        let Some(mut inbox) = inbox else { return };
+        loop {
+            let user = tokio::select! {
+                biased;
+                user = inbox.recv() => match user {
+                    Some(user) => user,
+                    None => return,
+                },
+                _ = stop.cancelled() => match inbox.try_recv() {
+                    // Stopping: finish what is queued, then return.
+                    Ok(user) => user,
+                    Err(_) => return,
+                },
+            };
+            let Some(state) = self.presence.take_announcement(user) else {
+                continue;
+            };
+            if !state.online
+                && let Err(e) = self.store.set_last_seen(&[user], state.last_active).await
+            {
+                tracing::warn!(error = %e, user = %state.user.name, "could not persist last seen");
+            }
+            let event = Event::Presence(PresenceState {
+                online: state.online,
+                last_seen: (!state.online).then_some(state.last_active),
+                user: state.user,
+            });
+            match self.store.contacts(user).await {
+                Ok(contacts) => {
+                    let ids: Vec<UserId> = contacts.iter().map(|c| c.id).collect();
+                    self.bus.publish(&ids, event).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not announce presence"),
+            }
+        }
+    }
+
+    /// Ends every live stream of a device whose session was revoked.
+    pub fn device_logged_out(&self, device: &DeviceSession) {
+        self.hub.close_device(
+            device.user.id,
+            device.id,
+            tonic::Status::unauthenticated("logged out"),
+        );
     }
 
     // --- helpers ---

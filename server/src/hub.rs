@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::domain::{Event, UserId};
+use crate::domain::{DeviceId, Event, UserId};
 
 /// Ends one session's stream, with the status the client will see.
 #[derive(Clone)]
@@ -54,6 +54,7 @@ impl Closer {
 
 struct Registered {
     id: u64,
+    device: DeviceId,
     inbox: mpsc::Sender<Event>,
     closer: Closer,
 }
@@ -90,6 +91,7 @@ impl Hub {
     pub fn register(
         self: &Arc<Self>,
         user: UserId,
+        device: DeviceId,
         closer: Closer,
     ) -> (Registration, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(self.inbox_capacity);
@@ -97,6 +99,7 @@ impl Hub {
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.entry(user).or_default().push(Registered {
                 id,
+                device,
                 inbox: tx,
                 closer,
             });
@@ -133,6 +136,10 @@ impl Hub {
         for session in list {
             match session.inbox.try_send(event.clone()) {
                 Ok(()) => {}
+                // Typing and presence are ephemeral: dropping one loses nothing that
+                // matters, and must not let a chatty peer knock a session offline.
+                Err(mpsc::error::TrySendError::Full(_))
+                    if matches!(event, Event::Typing { .. } | Event::Presence(_)) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(%user, session = session.id, "session fell behind; closing it");
                     session.closer.close_with(Status::unavailable(
@@ -140,6 +147,18 @@ impl Hub {
                     ));
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// Closes every session of one device (after logout) with `status`.
+    pub fn close_device(&self, user: UserId, device: DeviceId, status: Status) {
+        let Ok(sessions) = self.sessions.lock() else {
+            return;
+        };
+        for session in sessions.get(&user).into_iter().flatten() {
+            if session.device == device {
+                session.closer.close_with(status.clone());
             }
         }
     }

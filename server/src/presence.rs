@@ -1,14 +1,16 @@
 //! Who is online, from live sessions and their heartbeats (in memory, one process).
 //!
 //! A user is online while at least one device has an open stream and a heartbeat
-//! younger than the presence timeout. The tracker only reports flips (online ->
-//! offline and back); `chat` persists last seen and tells contacts.
+//! younger than the presence timeout. The tracker also remembers what was last
+//! announced to contacts: flips can be decided concurrently, so the announcer always
+//! publishes the current state rather than the flip that woke it, and stale flips
+//! never reach anyone.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::domain::{DeviceId, UserId, UserRef};
+use crate::domain::{DeviceId, Timestamp, UserId, UserRef};
 
 struct DeviceState {
     streams: u32,
@@ -19,18 +21,23 @@ struct UserState {
     user: UserRef,
     devices: HashMap<DeviceId, DeviceState>,
     online: bool,
+    /// What contacts were last told; None if never announced.
+    announced: Option<bool>,
+    /// The last sign of life: what "last seen" shows when the user goes offline.
+    last_active: Timestamp,
+}
+
+/// The state to announce for one user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    pub user: UserRef,
+    pub online: bool,
+    pub last_active: Timestamp,
 }
 
 pub struct PresenceTracker {
     users: Mutex<HashMap<UserId, UserState>>,
     timeout: Duration,
-}
-
-/// A change in a user's online state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flip {
-    Online,
-    Offline,
 }
 
 impl PresenceTracker {
@@ -41,27 +48,29 @@ impl PresenceTracker {
         }
     }
 
-    fn is_fresh(&self, device: &DeviceState, now: Instant) -> bool {
-        device.streams > 0 && now.duration_since(device.last_beat) <= self.timeout
-    }
-
-    /// Re-evaluates one user and reports a flip.
-    fn settle(&self, state: &mut UserState, now: Instant) -> Option<Flip> {
-        let online = state.devices.values().any(|d| self.is_fresh(d, now));
-        if online == state.online {
-            return None;
-        }
+    /// Re-evaluates one user; true when their online state changed.
+    fn settle(&self, state: &mut UserState, now: Instant) -> bool {
+        let online = state
+            .devices
+            .values()
+            .any(|d| d.streams > 0 && now.duration_since(d.last_beat) <= self.timeout);
+        let changed = online != state.online;
         state.online = online;
-        Some(if online { Flip::Online } else { Flip::Offline })
+        changed
     }
 
-    pub fn stream_opened(&self, user: &UserRef, device: DeviceId) -> Option<Flip> {
+    /// A device opened a stream; true if the user came online.
+    pub fn stream_opened(&self, user: &UserRef, device: DeviceId) -> bool {
         let now = Instant::now();
-        let mut users = self.users.lock().ok()?;
+        let Ok(mut users) = self.users.lock() else {
+            return false;
+        };
         let state = users.entry(user.id).or_insert_with(|| UserState {
             user: user.clone(),
             devices: HashMap::new(),
             online: false,
+            announced: None,
+            last_active: Timestamp::now(),
         });
         let d = state.devices.entry(device).or_insert(DeviceState {
             streams: 0,
@@ -69,32 +78,45 @@ impl PresenceTracker {
         });
         d.streams += 1;
         d.last_beat = now;
+        state.last_active = Timestamp::now();
         self.settle(state, now)
     }
 
-    pub fn stream_closed(&self, user: UserId, device: DeviceId) -> Option<Flip> {
+    /// A device closed a stream; true if the user went offline.
+    pub fn stream_closed(&self, user: UserId, device: DeviceId) -> bool {
         let now = Instant::now();
-        let mut users = self.users.lock().ok()?;
-        let state = users.get_mut(&user)?;
+        let Ok(mut users) = self.users.lock() else {
+            return false;
+        };
+        let Some(state) = users.get_mut(&user) else {
+            return false;
+        };
         if let Some(d) = state.devices.get_mut(&device) {
             d.streams = d.streams.saturating_sub(1);
             if d.streams == 0 {
                 state.devices.remove(&device);
             }
         }
-        let flip = self.settle(state, now);
-        if state.devices.is_empty() && !state.online {
-            users.remove(&user);
+        if state.online {
+            state.last_active = Timestamp::now();
         }
-        flip
+        self.settle(state, now)
     }
 
-    /// A sign of life from a device with an open stream.
-    pub fn heartbeat(&self, user: UserId, device: DeviceId) -> Option<Flip> {
+    /// A sign of life from a device with an open stream; true if the user came back online.
+    pub fn heartbeat(&self, user: UserId, device: DeviceId) -> bool {
         let now = Instant::now();
-        let mut users = self.users.lock().ok()?;
-        let state = users.get_mut(&user)?;
-        state.devices.get_mut(&device)?.last_beat = now;
+        let Ok(mut users) = self.users.lock() else {
+            return false;
+        };
+        let Some(state) = users.get_mut(&user) else {
+            return false;
+        };
+        let Some(d) = state.devices.get_mut(&device) else {
+            return false;
+        };
+        d.last_beat = now;
+        state.last_active = Timestamp::now();
         self.settle(state, now)
     }
 
@@ -106,19 +128,48 @@ impl PresenceTracker {
             .unwrap_or(false)
     }
 
-    /// Users whose last fresh device went stale since the previous sweep.
-    pub fn sweep(&self) -> Vec<UserRef> {
+    /// Users whose last fresh device went stale.
+    pub fn sweep(&self) -> Vec<UserId> {
         let now = Instant::now();
         let Ok(mut users) = self.users.lock() else {
             return Vec::new();
         };
-        let mut offline = Vec::new();
-        for state in users.values_mut() {
-            if self.settle(state, now) == Some(Flip::Offline) {
-                offline.push(state.user.clone());
+        users
+            .iter_mut()
+            .filter_map(|(id, state)| self.settle(state, now).then_some(*id))
+            .collect()
+    }
+
+    /// The user's current state if contacts have not been told it yet; marks it told.
+    /// Forgets users who are offline, announced, and have no devices.
+    pub fn take_announcement(&self, user: UserId) -> Option<Announcement> {
+        let mut users = self.users.lock().ok()?;
+        let state = users.get_mut(&user)?;
+        let pending = (state.announced != Some(state.online)).then(|| {
+            state.announced = Some(state.online);
+            Announcement {
+                user: state.user.clone(),
+                online: state.online,
+                last_active: state.last_active,
             }
+        });
+        if !state.online && state.devices.is_empty() {
+            users.remove(&user);
         }
-        offline
+        pending
+    }
+
+    /// Everyone online now, with the time to record as last seen if the process stops.
+    pub fn online_users(&self) -> Vec<UserId> {
+        self.users
+            .lock()
+            .map(|u| {
+                u.iter()
+                    .filter(|(_, s)| s.online)
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -139,11 +190,11 @@ mod tests {
     fn online_while_a_stream_is_open_and_fresh() {
         let p = PresenceTracker::new(Duration::from_millis(50));
         let (u, d1, d2) = (user(), DeviceId(Uuid::new_v4()), DeviceId(Uuid::new_v4()));
-        assert_eq!(p.stream_opened(&u, d1), Some(Flip::Online));
-        assert_eq!(p.stream_opened(&u, d2), None);
-        assert_eq!(p.stream_closed(u.id, d1), None);
+        assert!(p.stream_opened(&u, d1));
+        assert!(!p.stream_opened(&u, d2));
+        assert!(!p.stream_closed(u.id, d1));
         assert!(p.is_online(u.id));
-        assert_eq!(p.stream_closed(u.id, d2), Some(Flip::Offline));
+        assert!(p.stream_closed(u.id, d2));
         assert!(!p.is_online(u.id));
     }
 
@@ -153,8 +204,28 @@ mod tests {
         let (u, d) = (user(), DeviceId(Uuid::new_v4()));
         p.stream_opened(&u, d);
         std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(p.sweep(), vec![u.clone()]);
+        assert_eq!(p.sweep(), vec![u.id]);
         assert!(p.sweep().is_empty());
-        assert_eq!(p.heartbeat(u.id, d), Some(Flip::Online));
+        assert!(p.heartbeat(u.id, d));
+    }
+
+    #[test]
+    fn announcements_carry_the_current_state_once() {
+        let p = PresenceTracker::new(Duration::from_secs(10));
+        let (u, d) = (user(), DeviceId(Uuid::new_v4()));
+        p.stream_opened(&u, d);
+        p.stream_closed(u.id, d);
+        p.stream_opened(&u, d);
+        // Three flips were decided; contacts hear only the state that holds now.
+        let a = p.take_announcement(u.id).expect("pending");
+        assert!(a.online);
+        assert_eq!(p.take_announcement(u.id), None);
+        p.stream_closed(u.id, d);
+        assert!(!p.take_announcement(u.id).expect("offline pending").online);
+        assert_eq!(
+            p.take_announcement(u.id),
+            None,
+            "forgotten once offline and told"
+        );
     }
 }

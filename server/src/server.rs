@@ -26,6 +26,10 @@ use crate::store::{Store, StoreError};
 /// default would only help abuse; the cap grows with `--max-message-bytes`.
 const MIN_DECODED_BYTES: usize = 64 * 1024;
 
+/// How often "last seen" is written for users who are online, so that after a crash
+/// it is at most this old.
+const LAST_SEEN_CHECKPOINT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("configuration: {0}")]
@@ -142,8 +146,8 @@ pub async fn start_with(
     let chat_service =
         ChatServiceServer::new(ChatApi::new(chat.clone(), auth.clone(), shutdown.clone()))
             .max_decoding_message_size(max_decoded);
-    let auth_service =
-        AuthServiceServer::new(AuthApi::new(auth)).max_decoding_message_size(MIN_DECODED_BYTES);
+    let auth_service = AuthServiceServer::new(AuthApi::new(auth, chat.clone()))
+        .max_decoding_message_size(MIN_DECODED_BYTES);
 
     let sweeper = {
         let chat = chat.clone();
@@ -152,13 +156,26 @@ pub async fn start_with(
             (config.presence_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            let mut last_checkpoint = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tick.tick() => chat.sweep().await,
+                    _ = tick.tick() => chat.sweep(),
+                }
+                if last_checkpoint.elapsed() >= LAST_SEEN_CHECKPOINT {
+                    last_checkpoint = tokio::time::Instant::now();
+                    chat.checkpoint_last_seen().await;
                 }
             }
         })
+    };
+    // The announcer outlives the drain, so the offline flips of sessions closed by
+    // the shutdown still persist their last seen.
+    let announcer_stop = CancellationToken::new();
+    let announcer = {
+        let chat = chat.clone();
+        let stop = announcer_stop.clone();
+        tokio::spawn(async move { chat.run_announcer(stop).await })
     };
 
     let router = Server::builder()
@@ -174,6 +191,7 @@ pub async fn start_with(
 
     let stop = shutdown.clone();
     let grace = config.shutdown_grace;
+    let chat_for_shutdown = chat.clone();
     let task = tokio::spawn(async move {
         let incoming = TcpListenerStream::new(listener);
         let signal = stop.clone().cancelled_owned();
@@ -196,6 +214,9 @@ pub async fn start_with(
         };
         stop.cancel();
         let _ = sweeper.await;
+        announcer_stop.cancel();
+        let _ = announcer.await;
+        chat_for_shutdown.checkpoint_last_seen().await;
         sqlite.close().await;
         result
     });

@@ -56,6 +56,10 @@ impl Session {
         self.closer.close();
     }
 
+    pub fn close_with(&self, status: Status) {
+        self.closer.close_with(status);
+    }
+
     pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.closer.token().cancelled()
     }
@@ -71,7 +75,7 @@ pub fn open(
 ) -> (Session, FrameStream) {
     let closer = Closer::new(shutdown.child_token());
     let (out, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
-    let (registration, inbox) = chat.hub.register(device.user.id, closer.clone());
+    let (registration, inbox) = chat.hub.register(device.user.id, device.id, closer.clone());
     let session = Session {
         device: device.clone(),
         out: out.clone(),
@@ -139,7 +143,7 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
-        self.chat.stream_opened(&self.device).await;
+        self.chat.stream_opened(&self.device);
         let _offline = PresenceGuard {
             chat: self.chat.clone(),
             device: self.device.clone(),
@@ -164,11 +168,24 @@ impl Worker {
         })))
         .await?;
         self.catch_up().await?;
+        let expires_in = self
+            .device
+            .expires_at
+            .to_system_time()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let expired = tokio::time::sleep(expires_in);
+        tokio::pin!(expired);
         loop {
             let event = tokio::select! {
                 biased;
                 _ = self.closer.token().cancelled() => return Err(Stop::Closed),
                 _ = self.out.closed() => return Err(Stop::Closed),
+                _ = &mut expired => {
+                    return Err(Stop::Failed(ChatError::Unauthenticated(
+                        "token expired, log in again".into(),
+                    )));
+                }
                 event = self.inbox.recv() => event,
             };
             match event {
@@ -183,8 +200,12 @@ impl Worker {
     async fn catch_up(&mut self) -> Result<(), Stop> {
         let positions = self.chat.store.positions(self.device.user.id).await?;
         for p in positions {
+            // A returning device (it sent cursors) has never seen a conversation it
+            // has no cursor for: replay it all. A new device starts after what the
+            // user's other devices have received, and pages back through history.
             let from = match self.client_cursors.get(&p.conversation_id) {
                 Some(&seq) => seq.min(p.last_seq),
+                None if !self.client_cursors.is_empty() => 0,
                 None => p.delivered_seq,
             };
             self.cursors.insert(p.conversation_id, from);
@@ -272,10 +293,6 @@ struct PresenceGuard {
 
 impl Drop for PresenceGuard {
     fn drop(&mut self) {
-        let chat = self.chat.clone();
-        let device = self.device.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { chat.stream_closed(&device).await });
-        }
+        self.chat.stream_closed(&self.device);
     }
 }

@@ -162,7 +162,7 @@ pub async fn messages_until_caught_up(session: &mut Session) -> Vec<proto::Messa
             messages.push(m.clone());
             None
         }
-        Event::CaughtUp => Some(()),
+        Event::CaughtUp(_) => Some(()),
         _ => None,
     })
     .await;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -53,15 +54,25 @@ pub enum Event {
     Presence(proto::Presence),
     /// A member started or stopped typing.
     Typing(proto::Typing),
-    /// Everything stored before the session started has been replayed.
-    CaughtUp,
+    /// Everything stored before the session started has been replayed; the cursors
+    /// are where the server's replay ended in each conversation.
+    CaughtUp(Cursors),
     /// A request sent on the stream (not a send) failed.
     Error(proto::Error),
     /// The stream ended: `None` when closed normally, else the status it ended with.
     Closed(Option<tonic::Status>),
 }
 
-type PendingSends = Mutex<HashMap<String, oneshot::Sender<Result<proto::SendAck, Error>>>>;
+/// Sends awaiting their ack; `None` once the stream has ended (new sends fail fast).
+type PendingSends = Mutex<Option<HashMap<String, oneshot::Sender<Result<proto::SendAck, Error>>>>>;
+
+fn take_waiter(
+    shared: &Shared,
+    client_msg_id: &str,
+) -> Option<oneshot::Sender<Result<proto::SendAck, Error>>> {
+    let mut pending = shared.pending.lock().ok()?;
+    pending.as_mut()?.remove(client_msg_id)
+}
 
 struct Shared {
     cursors: Mutex<Cursors>,
@@ -112,6 +123,7 @@ impl Session {
         options: SessionOptions,
     ) -> Result<Self, Error> {
         let (frames, outbound) = mpsc::channel(256);
+        let stop = CancellationToken::new();
         let hello = In::Hello(proto::Hello {
             cursors: cursors.to_proto(),
         });
@@ -120,7 +132,10 @@ impl Session {
             .await
             .map_err(|_| Error::SessionClosed)?;
         let mut inbound = stub
-            .connect(ReceiverStream::new(outbound))
+            .connect(
+                // Closing the session half-closes the request stream too.
+                ReceiverStream::new(outbound).take_until(stop.clone().cancelled_owned()),
+            )
             .await?
             .into_inner();
         let welcome = match inbound.message().await? {
@@ -141,10 +156,9 @@ impl Session {
             .ok_or_else(|| Error::Protocol("welcome without a user".into()))?;
         let shared = Arc::new(Shared {
             cursors: Mutex::new(cursors),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Some(HashMap::new())),
             receipts: Mutex::new(HashMap::new()),
         });
-        let stop = CancellationToken::new();
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
 
         let acks = options.auto_ack.then(|| {
@@ -213,8 +227,11 @@ impl Session {
         text: &str,
     ) -> Result<proto::SendAck, Error> {
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut pending) = self.shared.pending.lock() {
-            pending.insert(client_msg_id.to_owned(), tx);
+        match self.shared.pending.lock().as_deref_mut() {
+            Ok(Some(pending)) => {
+                pending.insert(client_msg_id.to_owned(), tx);
+            }
+            _ => return Err(Error::SessionClosed),
         }
         let frame = In::Send(send_message(target, client_msg_id, text));
         self.frame(frame).await?;
@@ -262,6 +279,14 @@ impl Session {
     }
 }
 
+fn server_cursors(cursors: &[proto::Cursor]) -> Cursors {
+    let mut out = Cursors::new();
+    for c in cursors {
+        out.advance(&c.conversation_id, c.seq);
+    }
+    out
+}
+
 fn request(request_id: u64, kind: In) -> proto::ConnectRequest {
     proto::ConnectRequest {
         frame: Some(proto::ClientFrame {
@@ -304,11 +329,7 @@ async fn read_loop(
                 Event::Message(message)
             }
             Some(Out::SendAck(ack)) => {
-                let waiter = shared
-                    .pending
-                    .lock()
-                    .ok()
-                    .and_then(|mut p| p.remove(&ack.client_msg_id));
+                let waiter = take_waiter(&shared, &ack.client_msg_id);
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(Ok(ack));
                 }
@@ -316,13 +337,7 @@ async fn read_loop(
             }
             Some(Out::Error(error)) => {
                 let waiter = (!error.client_msg_id.is_empty())
-                    .then(|| {
-                        shared
-                            .pending
-                            .lock()
-                            .ok()
-                            .and_then(|mut p| p.remove(&error.client_msg_id))
-                    })
+                    .then(|| take_waiter(&shared, &error.client_msg_id))
                     .flatten();
                 match waiter {
                     Some(waiter) => {
@@ -335,11 +350,11 @@ async fn read_loop(
             }
             Some(Out::CaughtUp(caught_up)) => {
                 if let Ok(mut cursors) = shared.cursors.lock() {
-                    for c in caught_up.cursors {
+                    for c in &caught_up.cursors {
                         cursors.advance(&c.conversation_id, c.seq);
                     }
                 }
-                Event::CaughtUp
+                Event::CaughtUp(server_cursors(&caught_up.cursors))
             }
             Some(Out::Receipt(r)) => match shared.merge_receipt(r) {
                 Some(r) => Event::Receipt(r),
@@ -349,15 +364,18 @@ async fn read_loop(
             Some(Out::Typing(t)) => Event::Typing(t),
             Some(Out::Welcome(_)) | None => continue,
         };
-        if events.send(event).await.is_err() {
+        let delivered = tokio::select! {
+            _ = stop.cancelled() => false,
+            sent = events.send(event) => sent.is_ok(),
+        };
+        if !delivered {
             break None;
         }
     };
     stop.cancel();
-    if let Ok(mut pending) = shared.pending.lock() {
-        for (_, waiter) in pending.drain() {
-            let _ = waiter.send(Err(Error::SessionClosed));
-        }
+    let waiting = shared.pending.lock().ok().and_then(|mut p| p.take());
+    for (_, waiter) in waiting.into_iter().flatten() {
+        let _ = waiter.send(Err(Error::SessionClosed));
     }
     let _ = events.send(Event::Closed(end)).await;
 }
@@ -454,7 +472,7 @@ mod tests {
     fn receipts_only_move_forward() {
         let shared = Shared {
             cursors: Mutex::new(Cursors::new()),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Some(HashMap::new())),
             receipts: Mutex::new(HashMap::new()),
         };
         let seen = |r| {

@@ -6,14 +6,16 @@ use chat_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Auth;
+use crate::chat::Chat;
 
 pub struct AuthApi {
     auth: Arc<Auth>,
+    chat: Arc<Chat>,
 }
 
 impl AuthApi {
-    pub fn new(auth: Arc<Auth>) -> Self {
-        AuthApi { auth }
+    pub fn new(auth: Arc<Auth>, chat: Arc<Chat>) -> Self {
+        AuthApi { auth, chat }
     }
 }
 
@@ -50,6 +52,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         let device = self.auth.authenticate(request.metadata()).await?;
         self.auth.logout(device.id).await?;
+        self.chat.device_logged_out(&device);
         Ok(Response::new(pb::LogoutResponse {}))
     }
 }

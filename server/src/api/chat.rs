@@ -66,7 +66,7 @@ impl ChatApi {
 /// the stream goes on.
 async fn handle_frame(chat: &Chat, session: &Session, frame: pb::ClientFrame) {
     let device = &session.device;
-    chat.heartbeat(device).await;
+    chat.heartbeat(device);
     let request_id = frame.request_id;
     let result = match frame.kind {
         None => Err(ChatError::InvalidArgument("empty client frame".into())),
@@ -158,11 +158,17 @@ impl pb::chat_service_server::ChatService for ChatApi {
                         let e = ChatError::InvalidArgument("empty request".into());
                         reader.emit(convert::error_frame(0, e, String::new())).await;
                     }
-                    // The client hung up (cleanly or not): end the session.
-                    Ok(None) | Err(_) => break,
+                    // A half-close only ends what the client sends: the session goes on
+                    // serving frames until the client drops the response stream.
+                    Ok(None) => return,
+                    // A broken or oversized frame, or a vanished client: end the session
+                    // with the reason, so a client still listening knows why.
+                    Err(status) => {
+                        reader.close_with(status);
+                        return;
+                    }
                 }
             }
-            reader.close();
         });
         let stream = frames.map(|f| f.map(|frame| pb::ConnectResponse { frame: Some(frame) }));
         Ok(Response::new(stream.boxed()))
@@ -240,7 +246,7 @@ impl pb::chat_service_server::ChatService for ChatApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let device = self.device(&request).await?;
-        self.chat.heartbeat(&device).await;
+        self.chat.heartbeat(&device);
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
 

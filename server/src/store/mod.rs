@@ -111,7 +111,8 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_name(&self, name: &UserName) -> Result<Option<UserCredentials>, StoreError>;
     /// Last seen of each given user that has one.
     async fn last_seen(&self, users: &[UserId]) -> Result<Vec<(UserId, Timestamp)>, StoreError>;
-    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> Result<(), StoreError>;
+    /// Records `at` as last seen of each user (never moving it back), in one transaction.
+    async fn set_last_seen(&self, users: &[UserId], at: Timestamp) -> Result<(), StoreError>;
 
     // --- device sessions ---
     async fn create_session(
@@ -153,6 +154,13 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a message with `seq = last_seq + 1`, or returns the message stored earlier
     /// with the same (conversation, sender, client_msg_id). Returns after commit.
     async fn append_message(&self, message: NewMessage) -> Result<Appended, StoreError>;
+    /// The message the sender stored earlier with this idempotency key, if any.
+    async fn find_sent(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        client_msg_id: &ClientMsgId,
+    ) -> Result<Option<Message>, StoreError>;
     /// Messages with seq > `after`, ascending, at most `limit`.
     async fn messages_after(
         &self,

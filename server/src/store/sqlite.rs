@@ -134,6 +134,11 @@ fn receipt_from_row(row: &SqliteRow) -> Result<Receipt, StoreError> {
 const MESSAGE_COLUMNS: &str = "m.conversation_id, m.seq, m.id, m.sender_id, u.name AS sender_name, \
      m.client_msg_id, m.body, m.created_at";
 
+const FIND_SENT: &str = "SELECT m.conversation_id, m.seq, m.id, m.sender_id, u.name AS sender_name, \
+     m.client_msg_id, m.body, m.created_at \
+     FROM messages m JOIN users u ON u.id = m.sender_id \
+     WHERE m.conversation_id = ? AND m.sender_id = ? AND m.client_msg_id = ?";
+
 const PEER_RECEIPTS: &str = "SELECT o.conversation_id, o.user_id, u.name AS user_name, o.delivered_seq, o.read_seq \
      FROM members mine \
      JOIN members o ON o.conversation_id = mine.conversation_id AND o.user_id <> mine.user_id \
@@ -200,15 +205,19 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?",
-        )
-        .bind(at.micros())
-        .bind(user.to_string())
-        .execute(&self.writer)
-        .await
-        .map_err(classify)?;
+    async fn set_last_seen(&self, users: &[UserId], at: Timestamp) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(classify)?;
+        for user in users {
+            sqlx::query(
+                "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?",
+            )
+            .bind(at.micros())
+            .bind(user.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
         Ok(())
     }
 
@@ -352,7 +361,7 @@ impl Store for SqliteStore {
              FROM members m \
              JOIN conversations c ON c.id = m.conversation_id \
              JOIN users u ON u.id = m.user_id \
-             WHERE m.user_id = ? \
+             WHERE m.user_id = ? AND c.last_seq > 0 \
              ORDER BY coalesce(c.last_message_at, c.created_at) DESC, c.id \
              LIMIT ?",
         )
@@ -449,8 +458,9 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT DISTINCT u.id, u.name FROM members mine \
              JOIN members o ON o.conversation_id = mine.conversation_id AND o.user_id <> mine.user_id \
+             JOIN conversations c ON c.id = mine.conversation_id \
              JOIN users u ON u.id = o.user_id \
-             WHERE mine.user_id = ?",
+             WHERE mine.user_id = ? AND c.last_seq > 0",
         )
         .bind(user.to_string())
         .fetch_all(&self.reader)
@@ -473,18 +483,13 @@ impl Store for SqliteStore {
         let sender = new.sender.id.to_string();
         let mut tx = self.writer.begin().await.map_err(classify)?;
         // A retry finds its original before anything is incremented, so it burns no seq.
-        let existing = sqlx::query(
-            "SELECT m.conversation_id, m.seq, m.id, m.sender_id, u.name AS sender_name, \
-                    m.client_msg_id, m.body, m.created_at \
-             FROM messages m JOIN users u ON u.id = m.sender_id \
-             WHERE m.conversation_id = ? AND m.sender_id = ? AND m.client_msg_id = ?",
-        )
-        .bind(&conv)
-        .bind(&sender)
-        .bind(new.client_msg_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify)?;
+        let existing = sqlx::query(FIND_SENT)
+            .bind(&conv)
+            .bind(&sender)
+            .bind(new.client_msg_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?;
         if let Some(row) = existing {
             let message = message_from_row(&row)?;
             tx.rollback().await.map_err(classify)?;
@@ -524,10 +529,12 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
-        // The sender has seen their own message: it never counts as unread for them.
+        // The sender's own message is not unread for them. Only when they had read
+        // everything before it, though: a send must not mark the peer's unread
+        // messages as read.
         sqlx::query(
-            "UPDATE members SET delivered_seq = max(delivered_seq, ?1), read_seq = max(read_seq, ?1) \
-             WHERE conversation_id = ?2 AND user_id = ?3",
+            "UPDATE members SET delivered_seq = max(delivered_seq, ?1), read_seq = ?1 \
+             WHERE conversation_id = ?2 AND user_id = ?3 AND read_seq = ?1 - 1",
         )
         .bind(seq_param(seq))
         .bind(&conv)
@@ -548,6 +555,22 @@ impl Store for SqliteStore {
             },
             duplicate: false,
         })
+    }
+
+    async fn find_sent(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        client_msg_id: &ClientMsgId,
+    ) -> Result<Option<Message>, StoreError> {
+        let row = sqlx::query(FIND_SENT)
+            .bind(conversation.to_string())
+            .bind(sender.to_string())
+            .bind(client_msg_id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify)?;
+        row.as_ref().map(message_from_row).transpose()
     }
 
     async fn messages_after(

@@ -18,11 +18,11 @@ async fn live_message_and_status_sent_delivered_read() {
     let mut alex_session = alex.session().await;
     let mut riya_session = riya.session_with(Cursors::new(), manual_acks()).await;
     expect_event(&mut alex_session, "alex caught up", |e| {
-        matches!(e, Event::CaughtUp).then_some(())
+        matches!(e, Event::CaughtUp(_)).then_some(())
     })
     .await;
     expect_event(&mut riya_session, "riya caught up", |e| {
-        matches!(e, Event::CaughtUp).then_some(())
+        matches!(e, Event::CaughtUp(_)).then_some(())
     })
     .await;
 

@@ -277,9 +277,9 @@ async fn watch(
             Some(Event::Closed(Some(status))) => {
                 break Err(anyhow::Error::new(chat_sdk::Error::Status(status)));
             }
-            Some(Event::CaughtUp) => {
+            Some(Event::CaughtUp(replayed)) => {
                 caught_up = true;
-                for (conversation, seq) in session.cursors().iter() {
+                for (conversation, seq) in replayed.iter() {
                     saved.cursors.advance(conversation, seq);
                 }
                 if !out.json {
