@@ -222,6 +222,30 @@ async fn sends_over_the_rate_limit_are_resource_exhausted() {
         ok as u64,
         "refused sends store nothing"
     );
+
+    // A retry of a stored message is answered with the original, over the limit too.
+    let first = results[0].as_ref().expect("first send");
+    let retry = alex
+        .client
+        .send_with_id(Target::User("riya".into()), &first.client_msg_id, "m0")
+        .await
+        .expect("retry answered");
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.seq, &retry.message_id),
+        (first.seq, &first.message_id)
+    );
+
+    // Typing signals have their own limit.
+    let mut typing_limited = false;
+    for _ in 0..40 {
+        if let Err(e) = alex.client.set_typing(&conv, true).await {
+            assert_eq!(e.code(), Code::ResourceExhausted);
+            typing_limited = true;
+            break;
+        }
+    }
+    assert!(typing_limited, "a typing flood is refused");
     server.shutdown().await;
 }
 

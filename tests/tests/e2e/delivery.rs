@@ -325,3 +325,142 @@ async fn subscribe_and_unary_calls_serve_the_same_session_core() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_returning_device_gets_conversations_it_has_never_seen() {
+    let server = TestServer::spawn().await;
+    let alex = server.user("alex").await;
+    let bob = server.user("bob").await;
+    let riya = server.user("riya").await;
+    let conv = alex.send("riya", "hello").await.conversation_id;
+    // The laptop has seen the conversation with Alex, then goes offline.
+    let mut laptop = riya.session().await;
+    assert_eq!(seqs(&messages_until_caught_up(&mut laptop).await), vec![1]);
+    let laptop_cursors = laptop.cursors();
+    drop(laptop);
+
+    // Meanwhile Bob starts a conversation; Riya's phone receives and acks all of it.
+    let mut phone = riya
+        .session_with(Cursors::new(), SessionOptions::default())
+        .await;
+    messages_until_caught_up(&mut phone).await;
+    let bob_conv = bob.send("riya", "b1").await.conversation_id;
+    bob.send("riya", "b2").await;
+    messages_through(&mut phone, &bob_conv, 2).await;
+    expect_event(&mut phone, "phone's delivered receipt", |e| match e {
+        Event::Receipt(r) if r.conversation_id == bob_conv && r.delivered_seq == 2 => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // The laptop comes back with its cursors and still gets Bob's messages.
+    let mut laptop = riya
+        .session_with(laptop_cursors, SessionOptions::default())
+        .await;
+    let replayed = messages_until_caught_up(&mut laptop).await;
+    assert_eq!(
+        replayed.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        vec!["b1", "b2"]
+    );
+    assert_eq!(laptop.cursors().get(&conv), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn replying_does_not_mark_unread_messages_read() {
+    let server = TestServer::spawn().await;
+    let alex = server.user("alex").await;
+    let riya = server.user("riya").await;
+    let conv = riya.send("alex", "r1").await.conversation_id;
+    riya.send("alex", "r2").await;
+    alex.send("riya", "reply without reading").await;
+    let page = riya
+        .client
+        .history(&conv, chat_sdk::Page::Latest, 10)
+        .await
+        .expect("history");
+    let statuses: Vec<_> = page.messages.iter().map(|m| m.status()).collect();
+    use chat_sdk::proto::MessageStatus::{Read, Sent};
+    assert_eq!(
+        statuses[..2],
+        [Sent, Sent],
+        "Alex has not read Riya's messages"
+    );
+    let alex_view = alex.client.conversations().await.expect("list");
+    assert_eq!(alex_view[0].read_seq, 0);
+
+    // Once caught up, a sender's own message is not unread for them.
+    alex.client.mark_read(&conv, 0).await.expect("read");
+    alex.send("riya", "now caught up").await;
+    let alex_view = alex.client.conversations().await.expect("list");
+    assert_eq!((alex_view[0].unread, alex_view[0].read_seq), (0, 4));
+    let page = riya
+        .client
+        .history(&conv, chat_sdk::Page::Latest, 10)
+        .await
+        .expect("history");
+    assert_eq!(page.messages[0].status(), Read);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn logout_ends_the_device_streams() {
+    let server = TestServer::spawn().await;
+    let riya = server.user("riya").await;
+    let mut session = riya.session().await;
+    messages_until_caught_up(&mut session).await;
+    riya.client.logout().await.expect("logout");
+    let status = expect_event(&mut session, "close", |e| match e {
+        Event::Closed(status) => Some(status.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(status.map(|s| s.code()), Some(tonic::Code::Unauthenticated));
+    let err = session
+        .send(Target::User("alex".into()), "hi")
+        .await
+        .expect_err("closed");
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unavailable,
+        "a send after the end fails at once"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_half_closed_connect_stream_still_gets_its_answers() {
+    use chat_sdk::proto::{self, client_frame::Kind as In, server_frame::Kind};
+    let server = TestServer::spawn().await;
+    let alex = server.user("alex").await;
+    let _riya = server.user("riya").await;
+    let mut raw = chat_tests::raw_chat_stub(&server.url, &alex.creds.token, None).await;
+    let frame = |kind| proto::ConnectRequest {
+        frame: Some(proto::ClientFrame {
+            request_id: 7,
+            kind: Some(kind),
+        }),
+    };
+    // Like a script: hello, one send, end of input.
+    let requests = vec![
+        frame(In::Hello(proto::Hello { cursors: vec![] })),
+        frame(In::Send(proto::SendMessage {
+            client_msg_id: "script-1".into(),
+            target: Some(proto::send_message::Target::Recipient("riya".into())),
+            text: "from a script".into(),
+        })),
+    ];
+    let mut stream = raw
+        .connect(tokio_stream::iter(requests))
+        .await
+        .expect("connect")
+        .into_inner();
+    let unwrap = |r: proto::ConnectResponse| r.frame;
+    loop {
+        if let Kind::SendAck(ack) = chat_tests::next_frame(&mut stream, unwrap).await {
+            assert_eq!((ack.client_msg_id.as_str(), ack.seq), ("script-1", 1));
+            break;
+        }
+    }
+    server.shutdown().await;
+}
