@@ -253,18 +253,27 @@ impl Chat {
         delivered: u64,
         read: u64,
     ) -> Result<Receipt, ChatError> {
-        let update = self
-            .store
-            .advance_receipt(conversation, me, delivered, read)
-            .await?
-            .ok_or_else(not_found_conversation)?;
-        if update.changed {
-            let members = self.member_ids(conversation).await?;
-            self.bus
-                .publish(&members, Event::Receipt(update.receipt.clone()))
-                .await;
-        }
-        Ok(update.receipt)
+        // Members are read first, and commit + publish run in their own task, so that
+        // a caller who goes away after the commit cannot skip the live push.
+        let members = self.member_ids(conversation).await?;
+        let (store, bus) = (self.store.clone(), self.bus.clone());
+        let committed = tokio::spawn(async move {
+            let update = store
+                .advance_receipt(conversation, me, delivered, read)
+                .await?;
+            if let Some(update) = &update
+                && update.changed
+            {
+                bus.publish(&members, Event::Receipt(update.receipt.clone()))
+                    .await;
+            }
+            Ok::<_, crate::store::StoreError>(update)
+        });
+        let update = match committed.await {
+            Ok(result) => result?,
+            Err(e) => return Err(ChatError::Unexpected(format!("receipt task: {e}"))),
+        };
+        Ok(update.ok_or_else(not_found_conversation)?.receipt)
     }
 
     // --- typing ---

@@ -288,3 +288,56 @@ async fn a_bad_request_on_the_stream_does_not_end_it() {
     assert_eq!(ack.seq, 1);
     server.shutdown().await;
 }
+
+/// `SendRequest` as a client with a broken encoder would send it: the text field's
+/// bytes are not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct BrokenSendMessage {
+    #[prost(string, tag = "1")]
+    client_msg_id: String,
+    #[prost(string, tag = "3")]
+    recipient: String,
+    #[prost(bytes = "vec", tag = "4")]
+    text: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct BrokenSendRequest {
+    #[prost(message, optional, tag = "1")]
+    message: Option<BrokenSendMessage>,
+}
+
+#[tokio::test]
+async fn a_message_that_does_not_decode_is_invalid_argument() {
+    let server = TestServer::spawn().await;
+    let alex = server.user("alex").await;
+    let _riya = server.user("riya").await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let mut request = tonic::Request::new(BrokenSendRequest {
+        message: Some(BrokenSendMessage {
+            client_msg_id: "broken-1".into(),
+            recipient: "riya".into(),
+            text: vec![b'h', 0xff, 0xfe, b'i'],
+        }),
+    });
+    let bearer = format!("Bearer {}", alex.creds.token)
+        .parse()
+        .expect("header");
+    request.metadata_mut().insert("authorization", bearer);
+    let codec = tonic_prost::ProstCodec::<BrokenSendRequest, proto::SendResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/chat.v1.ChatService/Send");
+    let status = grpc
+        .unary(request, path, codec)
+        .await
+        .expect_err("not UTF-8");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let conv = alex.client.open_direct("riya").await.expect("open").id;
+    assert_eq!(last_seq(&alex, &conv).await, 0, "nothing stored");
+    server.shutdown().await;
+}
