@@ -341,7 +341,10 @@ async fn read_loop(
                     .flatten();
                 match waiter {
                     Some(waiter) => {
-                        let status = tonic::Status::new(code_from_name(&error.code), error.message);
+                        let status = tonic::Status::new(
+                            chat_proto::code_from_name(&error.code),
+                            error.message,
+                        );
                         let _ = waiter.send(Err(Error::Status(status)));
                         continue;
                     }
@@ -425,31 +428,6 @@ async fn heartbeat_loop(
             }
         }
     }
-}
-
-fn code_from_name(name: &str) -> tonic::Code {
-    use tonic::Code::*;
-    [
-        Cancelled,
-        Unknown,
-        InvalidArgument,
-        DeadlineExceeded,
-        NotFound,
-        AlreadyExists,
-        PermissionDenied,
-        ResourceExhausted,
-        FailedPrecondition,
-        Aborted,
-        OutOfRange,
-        Unimplemented,
-        Internal,
-        Unavailable,
-        DataLoss,
-        Unauthenticated,
-    ]
-    .into_iter()
-    .find(|c| crate::error::code_name(*c) == name)
-    .unwrap_or(Unknown)
 }
 
 #[cfg(test)]
