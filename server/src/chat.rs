@@ -110,6 +110,26 @@ impl Chat {
         device: &DeviceSession,
         input: SendInput,
     ) -> Result<Appended, ChatError> {
+        let started = std::time::Instant::now();
+        let result = self.store_and_publish(device, input).await;
+        if let Ok(appended) = &result {
+            let outcome = if appended.duplicate {
+                "duplicate"
+            } else {
+                "stored"
+            };
+            metrics::counter!(crate::metrics::SENDS, "outcome" => outcome).increment(1);
+            metrics::histogram!(crate::metrics::SEND_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    async fn store_and_publish(
+        &self,
+        device: &DeviceSession,
+        input: SendInput,
+    ) -> Result<Appended, ChatError> {
         let me = &device.user;
         let client_msg_id = ClientMsgId::parse(input.client_msg_id)?;
         let text = MessageText::parse(input.text, self.limits.max_message_bytes)?;

@@ -58,6 +58,7 @@ impl ChatError {
 impl From<ChatError> for Status {
     fn from(e: ChatError) -> Status {
         let code = e.code();
+        metrics::counter!(crate::metrics::REJECTED, "code" => code_name(code)).increment(1);
         if matches!(code, Code::Internal | Code::Unavailable) {
             tracing::error!(error = %e, "request failed");
         }

@@ -74,6 +74,7 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::SESSIONS).decrement(1.0);
         self.hub.remove(self.user, self.id);
     }
 }
@@ -96,6 +97,7 @@ impl Hub {
     ) -> (Registration, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(self.inbox_capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::SESSIONS).increment(1.0);
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.entry(user).or_default().push(Registered {
                 id,
@@ -142,6 +144,7 @@ impl Hub {
                     if matches!(event, Event::Typing { .. } | Event::Presence(_)) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(%user, session = session.id, "session fell behind; closing it");
+                    metrics::counter!(crate::metrics::SLOW_CLOSES).increment(1);
                     session.closer.close_with(Status::unavailable(
                         "session fell behind; reconnect to resume from your cursors",
                     ));

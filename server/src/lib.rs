@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod hub;
+pub mod metrics;
 pub mod presence;
 pub mod ratelimit;
 pub mod server;

@@ -25,6 +25,9 @@ async fn main() -> anyhow::Result<()> {
     let running = chat_server::start(config, listener).await?;
     // Scripts that start us on port 0 read the address from this line.
     println!("listening on {}", running.addr);
+    if let Some(addr) = running.metrics_addr {
+        println!("metrics on http://{addr}/metrics");
+    }
     let stop = running.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -48,6 +48,8 @@ pub enum ServeError {
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     pub chat: Arc<Chat>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
@@ -126,6 +128,14 @@ pub async fn start_with(
     bus_layer: Option<BusLayer>,
 ) -> Result<Running, ServeError> {
     let addr = listener.local_addr()?;
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(TcpListener::bind(at).await?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let sqlite = open_store(&config).await?;
     let store: Arc<dyn Store> = sqlite.clone();
     let hub = Hub::new(config.session_queue);
@@ -187,6 +197,8 @@ pub async fn start_with(
             }
         })
     };
+    let metrics_task = metrics_listener
+        .map(|listener| tokio::spawn(crate::metrics::serve(listener, shutdown.clone())));
     // The announcer outlives the drain, so the offline flips of sessions closed by
     // the shutdown still persist their last seen.
     let announcer_stop = CancellationToken::new();
@@ -235,6 +247,9 @@ pub async fn start_with(
         };
         stop.cancel();
         let _ = sweeper.await;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         announcer_stop.cancel();
         let _ = announcer.await;
         chat_for_shutdown.checkpoint_last_seen().await;
@@ -244,6 +259,7 @@ pub async fn start_with(
     tracing::info!(%addr, "chat server listening");
     Ok(Running {
         addr,
+        metrics_addr,
         chat,
         shutdown,
         task,

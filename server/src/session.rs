@@ -267,6 +267,7 @@ impl Worker {
             }
             if message.seq > cursor + 1 {
                 tracing::debug!(%conversation, cursor, seq = message.seq, "gap; filling from the store");
+                metrics::counter!(crate::metrics::GAP_FILLS).increment(1);
                 self.fill(conversation, message.seq - 1).await?;
             }
             self.emit(convert::event_frame(&event)).await?;
@@ -277,6 +278,9 @@ impl Worker {
     }
 
     async fn emit(&self, frame: pb::ServerFrame) -> Result<(), Stop> {
+        if matches!(frame.kind, Some(Kind::Message(_))) {
+            metrics::counter!(crate::metrics::DELIVERIES).increment(1);
+        }
         tokio::select! {
             biased;
             _ = self.closer.token().cancelled() => Err(Stop::Closed),

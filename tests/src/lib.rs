@@ -214,7 +214,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `chat-server` on port 0 with its data in `data_dir`.
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// Starts `chat-server` with extra flags.
+    pub async fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(workspace_bin("chat-server"))
+            .args(extra)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -253,6 +259,21 @@ impl ServerProcess {
     /// SIGKILL: no shutdown code runs.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("kill");
+    }
+
+    /// SIGTERM, then the exit status (failing the test if it takes past the deadline).
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("chat-server did not exit after SIGTERM")
+            .expect("wait")
     }
 }
 

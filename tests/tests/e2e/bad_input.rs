@@ -341,3 +341,35 @@ async fn a_message_that_does_not_decode_is_invalid_argument() {
     assert_eq!(last_seq(&alex, &conv).await, 0, "nothing stored");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn connect_must_start_with_hello_and_foreign_cursors_are_ignored() {
+    use proto::client_frame::Kind as In;
+    let server = TestServer::spawn().await;
+    let alex = server.user("alex").await;
+    let _riya = server.user("riya").await;
+    let carol = server.user("carol").await;
+    let conv = alex.send("riya", "private").await.conversation_id;
+
+    let mut raw = chat_tests::raw_chat_stub(&server.url, &carol.creds.token, None).await;
+    let frame = |kind| proto::ConnectRequest {
+        frame: Some(proto::ClientFrame {
+            request_id: 1,
+            kind: Some(kind),
+        }),
+    };
+    let heartbeat_first = vec![frame(In::Heartbeat(proto::HeartbeatSignal {}))];
+    let status = raw
+        .connect(tokio_stream::iter(heartbeat_first))
+        .await
+        .expect_err("no hello");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // Carol claims a cursor in Alex and Riya's conversation: it is ignored.
+    let mut cursors = chat_sdk::Cursors::new();
+    cursors.advance(&conv, 0);
+    let mut session = carol.session_with(cursors, Default::default()).await;
+    let replayed = messages_until_caught_up(&mut session).await;
+    assert!(replayed.is_empty());
+    server.shutdown().await;
+}

@@ -7,6 +7,7 @@ mod delivery;
 mod durability;
 mod history;
 mod idempotency;
+mod lifecycle;
 mod lossy_bus;
 mod presence;
 mod slow_consumer;
