@@ -355,22 +355,51 @@ impl Chat {
             .find(|u| u.id != me))
     }
 
-    pub async fn conversations(&self, me: UserId) -> Result<Vec<ConversationView>, ChatError> {
-        let summaries = self.store.conversations_of(me, CONVERSATIONS_MAX).await?;
-        let mut views = Vec::with_capacity(summaries.len());
-        for summary in summaries {
-            let peer_presence = match summary.others.first() {
-                Some(peer) if summary.others.len() == 1 => {
-                    Some(self.presence_of(peer.user.clone()).await?)
+    /// The user's conversations (all, or only one), each with the peer's presence.
+    pub async fn conversations(
+        &self,
+        me: UserId,
+        only: Option<ConversationId>,
+    ) -> Result<Vec<ConversationView>, ChatError> {
+        let summaries = self
+            .store
+            .conversations_of(me, only, CONVERSATIONS_MAX)
+            .await?;
+        let peer = |s: &ConversationSummary| match s.others.as_slice() {
+            [peer] => Some(peer.user.clone()),
+            _ => None,
+        };
+        // Online from memory; last seen of everyone offline in one query.
+        let offline: Vec<UserId> = summaries
+            .iter()
+            .filter_map(peer)
+            .filter(|u| !self.presence.is_online(u.id))
+            .map(|u| u.id)
+            .collect();
+        let last_seen: std::collections::HashMap<UserId, Timestamp> =
+            self.store.last_seen(&offline).await?.into_iter().collect();
+        Ok(summaries
+            .into_iter()
+            .map(|summary| {
+                let peer_presence = peer(&summary).map(|user| {
+                    let online = self.presence.is_online(user.id);
+                    let last_seen = if online {
+                        None
+                    } else {
+                        last_seen.get(&user.id).copied()
+                    };
+                    PresenceState {
+                        user,
+                        online,
+                        last_seen,
+                    }
+                });
+                ConversationView {
+                    summary,
+                    peer_presence,
                 }
-                _ => None,
-            };
-            views.push(ConversationView {
-                summary,
-                peer_presence,
-            });
-        }
-        Ok(views)
+            })
+            .collect())
     }
 
     // --- presence ---

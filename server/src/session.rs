@@ -91,7 +91,12 @@ pub fn open(
         closer: closer.clone(),
         _registration: registration,
     };
-    tokio::spawn(worker.run());
+    let span = tracing::info_span!(
+        "session",
+        user = %worker.device.user.name,
+        device = %worker.device.id
+    );
+    tokio::spawn(tracing::Instrument::instrument(worker.run(), span));
 
     let ended = closer.token().clone().cancelled_owned();
     let shutdown = shutdown.clone();
@@ -143,13 +148,17 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
+        tracing::debug!("session opened");
         self.chat.stream_opened(&self.device);
         let _offline = PresenceGuard {
             chat: self.chat.clone(),
             device: self.device.clone(),
         };
         match self.serve().await {
-            Ok(()) | Err(Stop::Closed) => self.closer.close(),
+            Ok(()) | Err(Stop::Closed) => {
+                tracing::debug!("session closed");
+                self.closer.close();
+            }
             Err(Stop::Failed(e)) => {
                 tracing::warn!(error = %e, user = %self.device.user.name, "session failed");
                 self.closer.close_with(Status::from(e));

@@ -266,10 +266,10 @@ impl pb::chat_service_server::ChatService for ChatApi {
         let id = self.chat.open_direct(&device.user, &peer).await?;
         let view = self
             .chat
-            .conversations(device.user.id)
+            .conversations(device.user.id, Some(id))
             .await?
             .into_iter()
-            .find(|v| v.summary.id == id);
+            .next();
         let conversation = match view {
             Some(view) => convert::conversation(&view),
             None => pb::Conversation {
@@ -320,7 +320,7 @@ impl pb::chat_service_server::ChatService for ChatApi {
         request: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<pb::ListConversationsResponse>, Status> {
         let device = self.device(&request).await?;
-        let views = self.chat.conversations(device.user.id).await?;
+        let views = self.chat.conversations(device.user.id, None).await?;
         Ok(Response::new(pb::ListConversationsResponse {
             conversations: views.iter().map(convert::conversation).collect(),
         }))

@@ -137,10 +137,12 @@ pub trait Store: Send + Sync + 'static {
         conversation: ConversationId,
         user: UserId,
     ) -> Result<Option<Receipt>, StoreError>;
-    /// The user's conversations, most recently active first, at most `limit`.
+    /// The user's conversations that hold messages, most recently active first, at most
+    /// `limit`; with `only`, just that one (if the user is in it).
     async fn conversations_of(
         &self,
         user: UserId,
+        only: Option<ConversationId>,
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError>;
     /// Where the user stands in each of their conversations: what a reconnect resumes from.

@@ -188,21 +188,25 @@ impl Store for SqliteStore {
     }
 
     async fn last_seen(&self, users: &[UserId]) -> Result<Vec<(UserId, Timestamp)>, StoreError> {
-        let mut out = Vec::with_capacity(users.len());
-        for user in users {
-            let row = sqlx::query("SELECT last_seen_at FROM users WHERE id = ?")
-                .bind(user.to_string())
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(classify)?;
-            if let Some(row) = row {
-                let at: Option<i64> = row.try_get("last_seen_at").map_err(StoreError::Database)?;
-                if let Some(at) = at {
-                    out.push((*user, Timestamp(at)));
-                }
-            }
+        if users.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        // One query for any number of users: the ids travel as a JSON array.
+        let ids: Vec<String> = users.iter().map(|u| format!("\"{u}\"")).collect();
+        let rows = sqlx::query(
+            "SELECT id, last_seen_at FROM users \
+             WHERE id IN (SELECT value FROM json_each(?)) AND last_seen_at IS NOT NULL",
+        )
+        .bind(format!("[{}]", ids.join(",")))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let at: i64 = row.try_get("last_seen_at").map_err(StoreError::Database)?;
+                Ok((UserId(uuid_col(row, "id")?), Timestamp(at)))
+            })
+            .collect()
     }
 
     async fn set_last_seen(&self, users: &[UserId], at: Timestamp) -> Result<(), StoreError> {
@@ -352,29 +356,39 @@ impl Store for SqliteStore {
     async fn conversations_of(
         &self,
         user: UserId,
+        only: Option<ConversationId>,
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
         let uid = user.to_string();
+        let only = only.map(|c| c.to_string());
         let convs = sqlx::query(
             "SELECT c.id AS conversation_id, c.kind, c.last_seq, m.user_id, u.name AS user_name, \
                     m.delivered_seq, m.read_seq \
              FROM members m \
              JOIN conversations c ON c.id = m.conversation_id \
              JOIN users u ON u.id = m.user_id \
-             WHERE m.user_id = ? AND c.last_seq > 0 \
+             WHERE m.user_id = ?1 AND c.last_seq > 0 AND (?2 IS NULL OR c.id = ?2) \
              ORDER BY coalesce(c.last_message_at, c.created_at) DESC, c.id \
-             LIMIT ?",
+             LIMIT ?3",
         )
         .bind(&uid)
+        .bind(&only)
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
-        let others = sqlx::query(PEER_RECEIPTS)
-            .bind(&uid)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(classify)?;
+        let others = sqlx::query(
+            "SELECT o.conversation_id, o.user_id, u.name AS user_name, o.delivered_seq, o.read_seq \
+             FROM members mine \
+             JOIN members o ON o.conversation_id = mine.conversation_id AND o.user_id <> mine.user_id \
+             JOIN users u ON u.id = o.user_id \
+             WHERE mine.user_id = ?1 AND (?2 IS NULL OR mine.conversation_id = ?2)",
+        )
+        .bind(&uid)
+        .bind(&only)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)?;
         let lasts = sqlx::query(
             "SELECT m.conversation_id, m.seq, m.id, m.sender_id, u.name AS sender_name, \
                     m.client_msg_id, m.body, m.created_at \
@@ -382,9 +396,10 @@ impl Store for SqliteStore {
              JOIN conversations c ON c.id = mine.conversation_id \
              JOIN messages m ON m.conversation_id = c.id AND m.seq = c.last_seq \
              JOIN users u ON u.id = m.sender_id \
-             WHERE mine.user_id = ?",
+             WHERE mine.user_id = ?1 AND (?2 IS NULL OR mine.conversation_id = ?2)",
         )
         .bind(&uid)
+        .bind(&only)
         .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
