@@ -44,6 +44,13 @@ async fn online_while_connected_then_last_seen_after_disconnect() {
         stored[0].last_seen, offline.last_seen,
         "last seen is persisted"
     );
+    let list = alex.client.conversations().await.expect("list");
+    let peer = list[0].peer_presence.as_ref().expect("peer presence");
+    assert!(!peer.online);
+    assert_eq!(
+        peer.last_seen, offline.last_seen,
+        "the list shows last seen too"
+    );
     server.shutdown().await;
 }
 
