@@ -4,10 +4,11 @@
 //! they behave the same. The order inside each operation is the product's promise:
 //! validate, check membership, commit to the store, and only then publish to the bus.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
@@ -25,7 +26,7 @@ use crate::store::{Appended, ConversationSummary, DeviceSession, NewMessage, Sto
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_message_bytes: usize,
-    pub send_rate_per_second: u32,
+    pub send_rate_per_second: f64,
     pub send_burst: u32,
     pub heartbeat_interval: Duration,
     pub presence_timeout: Duration,
@@ -69,6 +70,32 @@ pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
 pub const HISTORY_MAX_LIMIT: u32 = 200;
 pub const CONVERSATIONS_MAX: u32 = 1000;
 
+/// Users whose presence may have changed, each queued at most once: memory is bounded
+/// by the number of users, however many flips happen while the announcer is busy.
+#[derive(Default)]
+struct ChangedUsers {
+    queue: Mutex<(VecDeque<UserId>, HashSet<UserId>)>,
+    notify: Notify,
+}
+
+impl ChangedUsers {
+    fn push(&self, user: UserId) {
+        if let Ok(mut q) = self.queue.lock()
+            && q.1.insert(user)
+        {
+            q.0.push_back(user);
+            self.notify.notify_one();
+        }
+    }
+
+    fn pop(&self) -> Option<UserId> {
+        let mut q = self.queue.lock().ok()?;
+        let user = q.0.pop_front()?;
+        q.1.remove(&user);
+        Some(user)
+    }
+}
+
 /// Typing signals each user may send per second (and in a burst): they are cheap to
 /// send and land in other people's queues.
 const TYPING_PER_SECOND: u32 = 5;
@@ -83,19 +110,16 @@ pub struct Chat {
     limiter: RateLimiter,
     typing_limiter: RateLimiter,
     /// Users whose presence may have changed, for the announcer task.
-    presence_changes: mpsc::UnboundedSender<UserId>,
-    announcer_inbox: Mutex<Option<mpsc::UnboundedReceiver<UserId>>>,
+    changed: ChangedUsers,
 }
 
 impl Chat {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, hub: Arc<Hub>, limits: Limits) -> Self {
-        let (presence_changes, announcer_inbox) = mpsc::unbounded_channel();
         Chat {
             presence: PresenceTracker::new(limits.presence_timeout),
             limiter: RateLimiter::new(limits.send_rate_per_second, limits.send_burst),
-            typing_limiter: RateLimiter::new(TYPING_PER_SECOND, TYPING_BURST),
-            presence_changes,
-            announcer_inbox: Mutex::new(Some(announcer_inbox)),
+            typing_limiter: RateLimiter::new(f64::from(TYPING_PER_SECOND), TYPING_BURST),
+            changed: ChangedUsers::default(),
             store,
             bus,
             hub,
@@ -133,7 +157,8 @@ impl Chat {
         let me = &device.user;
         let client_msg_id = ClientMsgId::parse(input.client_msg_id)?;
         let text = MessageText::parse(input.text, self.limits.max_message_bytes)?;
-        let conversation = match input.target {
+        // Resolve the target without writing anything: a refused send stores nothing.
+        let (conversation, new_peer) = match input.target {
             None => {
                 return Err(ChatError::InvalidArgument(
                     "a send needs a conversation_id or a recipient".into(),
@@ -142,9 +167,12 @@ impl Chat {
             Some(Target::Conversation(id)) => {
                 let id = ConversationId::parse(&id, "conversation_id")?;
                 self.require_member(id, me.id).await?;
-                id
+                (id, None)
             }
-            Some(Target::Recipient(name)) => self.open_direct(me, &name).await?,
+            Some(Target::Recipient(name)) => {
+                let peer = self.direct_peer(me, &name).await?;
+                (ConversationId::direct(me.id, peer.id), Some(peer.id))
+            }
         };
         if !self.limiter.try_acquire(me.id) {
             // A retry of a message already stored gets its original ack at any rate.
@@ -161,6 +189,9 @@ impl Chat {
             return Err(ChatError::RateLimited(
                 "too many messages; slow down and retry".into(),
             ));
+        }
+        if let Some(peer) = new_peer {
+            self.store.ensure_direct(me.id, peer).await?;
         }
         let members = self.member_ids(conversation).await?;
         let new = NewMessage {
@@ -332,13 +363,19 @@ impl Chat {
 
     /// The direct conversation with the named user, created on first use.
     pub async fn open_direct(&self, me: &UserRef, peer: &str) -> Result<ConversationId, ChatError> {
-        let peer = self.find_user(peer).await?;
+        let peer = self.direct_peer(me, peer).await?;
+        Ok(self.store.ensure_direct(me.id, peer.id).await?)
+    }
+
+    /// The named user, as the other member of a direct conversation with `me`.
+    async fn direct_peer(&self, me: &UserRef, name: &str) -> Result<UserRef, ChatError> {
+        let peer = self.find_user(name).await?;
         if peer.id == me.id {
             return Err(ChatError::InvalidArgument(
                 "cannot open a conversation with yourself".into(),
             ));
         }
-        Ok(self.store.ensure_direct(me.id, peer.id).await?)
+        Ok(peer)
     }
 
     pub async fn peer_of_direct(
@@ -460,19 +497,19 @@ impl Chat {
 
     pub fn stream_opened(&self, device: &DeviceSession) {
         if self.presence.stream_opened(&device.user, device.id) {
-            let _ = self.presence_changes.send(device.user.id);
+            self.changed.push(device.user.id);
         }
     }
 
     pub fn stream_closed(&self, device: &DeviceSession) {
         if self.presence.stream_closed(device.user.id, device.id) {
-            let _ = self.presence_changes.send(device.user.id);
+            self.changed.push(device.user.id);
         }
     }
 
     pub fn heartbeat(&self, device: &DeviceSession) {
         if self.presence.heartbeat(device.user.id, device.id) {
-            let _ = self.presence_changes.send(device.user.id);
+            self.changed.push(device.user.id);
         }
     }
 
@@ -481,7 +518,7 @@ impl Chat {
         self.limiter.prune();
         self.typing_limiter.prune();
         for user in self.presence.sweep() {
-            let _ = self.presence_changes.send(user);
+            self.changed.push(user);
         }
     }
 
@@ -500,41 +537,43 @@ impl Chat {
     /// happened, always with the user's current state (a stale flip is never sent).
     /// Going offline persists last seen first.
     pub async fn run_announcer(&self, stop: CancellationToken) {
-        let inbox = self.announcer_inbox.lock().ok().and_then(|mut i| i.take());
-        let Some(mut inbox) = inbox else { return };
         loop {
-            let user = tokio::select! {
-                biased;
-                user = inbox.recv() => match user {
-                    Some(user) => user,
-                    None => return,
-                },
-                _ = stop.cancelled() => match inbox.try_recv() {
+            while let Some(user) = self.changed.pop() {
+                self.announce(user).await;
+            }
+            tokio::select! {
+                _ = self.changed.notify.notified() => {}
+                _ = stop.cancelled() => {
                     // Stopping: finish what is queued, then return.
-                    Ok(user) => user,
-                    Err(_) => return,
-                },
-            };
-            let Some(state) = self.presence.take_announcement(user) else {
-                continue;
-            };
-            if !state.online
-                && let Err(e) = self.store.set_last_seen(&[user], state.last_active).await
-            {
-                tracing::warn!(error = %e, user = %state.user.name, "could not persist last seen");
-            }
-            let event = Event::Presence(PresenceState {
-                online: state.online,
-                last_seen: (!state.online).then_some(state.last_active),
-                user: state.user,
-            });
-            match self.store.contacts(user).await {
-                Ok(contacts) => {
-                    let ids: Vec<UserId> = contacts.iter().map(|c| c.id).collect();
-                    self.bus.publish(&ids, event).await;
+                    while let Some(user) = self.changed.pop() {
+                        self.announce(user).await;
+                    }
+                    return;
                 }
-                Err(e) => tracing::warn!(error = %e, "could not announce presence"),
             }
+        }
+    }
+
+    async fn announce(&self, user: UserId) {
+        let Some(state) = self.presence.take_announcement(user) else {
+            return;
+        };
+        if !state.online
+            && let Err(e) = self.store.set_last_seen(&[user], state.last_active).await
+        {
+            tracing::warn!(error = %e, user = %state.user.name, "could not persist last seen");
+        }
+        let event = Event::Presence(PresenceState {
+            online: state.online,
+            last_seen: (!state.online).then_some(state.last_active),
+            user: state.user,
+        });
+        match self.store.contacts(user).await {
+            Ok(contacts) => {
+                let ids: Vec<UserId> = contacts.iter().map(|c| c.id).collect();
+                self.bus.publish(&ids, event).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not announce presence"),
         }
     }
 

@@ -42,9 +42,9 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = 4096)]
     pub max_message_bytes: usize,
 
-    /// Messages each user may send per second, sustained.
-    #[arg(long, env = "CHAT_SEND_RATE", default_value_t = 20)]
-    pub send_rate: u32,
+    /// Messages each user may send per second, sustained (fractions allowed).
+    #[arg(long, env = "CHAT_SEND_RATE", default_value_t = 20.0, value_parser = parse_rate)]
+    pub send_rate: f64,
 
     /// Messages each user may send in a burst above the sustained rate.
     #[arg(long, env = "CHAT_SEND_BURST", default_value_t = 60)]
@@ -77,6 +77,14 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// A positive, finite rate.
+fn parse_rate(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{raw} is not a positive number")),
+    }
 }
 
 impl Config {

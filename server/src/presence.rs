@@ -130,7 +130,10 @@ impl PresenceTracker {
 
     /// Users whose last fresh device went stale.
     pub fn sweep(&self) -> Vec<UserId> {
-        let now = Instant::now();
+        self.sweep_at(Instant::now())
+    }
+
+    fn sweep_at(&self, now: Instant) -> Vec<UserId> {
         let Ok(mut users) = self.users.lock() else {
             return Vec::new();
         };
@@ -203,9 +206,10 @@ mod tests {
         let p = PresenceTracker::new(Duration::from_millis(20));
         let (u, d) = (user(), DeviceId(Uuid::new_v4()));
         p.stream_opened(&u, d);
-        std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(p.sweep(), vec![u.id]);
-        assert!(p.sweep().is_empty());
+        assert!(p.sweep().is_empty(), "fresh");
+        let later = Instant::now() + Duration::from_millis(40);
+        assert_eq!(p.sweep_at(later), vec![u.id]);
+        assert!(p.sweep_at(later).is_empty(), "reported once");
         assert!(p.heartbeat(u.id, d));
     }
 

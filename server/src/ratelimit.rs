@@ -13,9 +13,9 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(per_second: u32, burst: u32) -> Self {
+    pub fn new(per_second: f64, burst: u32) -> Self {
         RateLimiter {
-            per_second: f64::from(per_second.max(1)),
+            per_second: if per_second > 0.0 { per_second } else { 1.0 },
             burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
         }
@@ -42,7 +42,8 @@ impl RateLimiter {
     /// Forgets buckets that have refilled, so idle users cost no memory.
     pub fn prune(&self) {
         let now = Instant::now();
-        let full_after = Duration::from_secs_f64(self.burst / self.per_second);
+        let full_after =
+            Duration::try_from_secs_f64(self.burst / self.per_second).unwrap_or(Duration::MAX);
         if let Ok(mut buckets) = self.buckets.lock() {
             buckets.retain(|_, (_, last)| now.duration_since(*last) < full_after);
         }
@@ -56,7 +57,7 @@ mod tests {
 
     #[test]
     fn burst_then_refuse() {
-        let limiter = RateLimiter::new(1, 3);
+        let limiter = RateLimiter::new(1.0, 3);
         let u = UserId(Uuid::new_v4());
         assert!((0..3).all(|_| limiter.try_acquire(u)));
         assert!(!limiter.try_acquire(u));

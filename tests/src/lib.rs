@@ -75,6 +75,19 @@ impl TestServer {
         &self.running.as_ref().expect("server running").chat
     }
 
+    /// How many conversations `user` is a member of, straight from the store (empty
+    /// ones included): for checking that a refused request created nothing.
+    pub async fn memberships(&self, user: &User) -> usize {
+        let id =
+            chat_server::domain::UserId::parse(&user.creds.user.id, "user id").expect("user id");
+        self.chat()
+            .store
+            .positions(id)
+            .await
+            .expect("positions")
+            .len()
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(&self.url).await.expect("connect")
     }

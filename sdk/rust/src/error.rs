@@ -6,10 +6,10 @@ use tonic::Code;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server address could not be parsed.
-    #[error("invalid server address {0:?}")]
+    #[error("INVALID_ARGUMENT: invalid server address {0:?}")]
     InvalidAddress(String),
     /// The connection could not be made.
-    #[error("cannot reach the server: {0}")]
+    #[error("UNAVAILABLE: cannot reach the server: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// The server answered with an error status.
     #[error("{}: {}", code_name(.0.code()), .0.message())]

@@ -162,9 +162,9 @@ impl Session {
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
 
         let acks = options.auto_ack.then(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(ack_loop(rx, frames.clone(), stop.clone()));
-            tx
+            let acks = Arc::new(PendingAcks::default());
+            tokio::spawn(ack_loop(acks.clone(), frames.clone(), stop.clone()));
+            acks
         });
         let interval = options
             .heartbeat_interval
@@ -300,7 +300,7 @@ async fn read_loop(
     mut inbound: tonic::Streaming<proto::ConnectResponse>,
     shared: Arc<Shared>,
     events: mpsc::Sender<Event>,
-    acks: Option<mpsc::UnboundedSender<(String, u64)>>,
+    acks: Option<Arc<PendingAcks>>,
     stop: CancellationToken,
 ) {
     let end = loop {
@@ -324,7 +324,7 @@ async fn read_loop(
                     continue;
                 }
                 if let Some(acks) = &acks {
-                    let _ = acks.send((message.conversation_id.clone(), message.seq));
+                    acks.record(&message.conversation_id, message.seq);
                 }
                 Event::Message(message)
             }
@@ -383,23 +383,43 @@ async fn read_loop(
     let _ = events.send(Event::Closed(end)).await;
 }
 
-/// Sends delivery acks, one per conversation for whatever arrived since the last one.
+/// The highest seq to acknowledge per conversation, not yet sent: a burst of messages
+/// costs one ack per conversation, and memory is bounded by the number of conversations.
+#[derive(Default)]
+struct PendingAcks {
+    latest: Mutex<HashMap<String, u64>>,
+    notify: tokio::sync::Notify,
+}
+
+impl PendingAcks {
+    fn record(&self, conversation_id: &str, seq: u64) {
+        if let Ok(mut latest) = self.latest.lock() {
+            let entry = latest.entry(conversation_id.to_owned()).or_insert(0);
+            *entry = (*entry).max(seq);
+        }
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> HashMap<String, u64> {
+        self.latest
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+}
+
+/// Sends delivery acks for whatever arrived since the last batch.
 async fn ack_loop(
-    mut rx: mpsc::UnboundedReceiver<(String, u64)>,
+    acks: Arc<PendingAcks>,
     frames: mpsc::Sender<proto::ConnectRequest>,
     stop: CancellationToken,
 ) {
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => return,
-            next = rx.recv() => match next { Some(x) => x, None => return },
-        };
-        let mut batch: HashMap<String, u64> = HashMap::from([first]);
-        while let Ok((conversation, seq)) = rx.try_recv() {
-            let entry = batch.entry(conversation).or_insert(0);
-            *entry = (*entry).max(seq);
+            _ = acks.notify.notified() => {}
         }
-        for (conversation_id, seq) in batch {
+        for (conversation_id, seq) in acks.take() {
             let ack = In::Ack(proto::AckDelivered {
                 conversation_id,
                 seq,

@@ -61,6 +61,12 @@ async fn missing_or_wrong_token_is_unauthenticated() {
         Some(Code::Unauthenticated)
     );
 
+    assert_eq!(
+        server.memberships(&alex).await,
+        0,
+        "nothing stored for a wrong token"
+    );
+
     // A logged-out token stops working.
     alex.client.logout().await.expect("logout");
     assert_eq!(
@@ -149,6 +155,28 @@ async fn non_members_get_not_found_and_nothing_changes() {
         Code::InvalidArgument
     );
     assert_eq!(last_seq(&alex, &conv).await, 1, "nothing stored");
+    let receipts = alex
+        .client
+        .history(&conv, Page::Latest, 1)
+        .await
+        .expect("history")
+        .receipts;
+    let marks: Vec<_> = receipts
+        .iter()
+        .map(|r| {
+            (
+                r.user.as_ref().map(|u| u.name.clone()),
+                r.delivered_seq,
+                r.read_seq,
+            )
+        })
+        .collect();
+    assert_eq!(
+        marks,
+        vec![(Some("alex".into()), 1, 1), (Some("riya".into()), 0, 0)],
+        "receipts untouched"
+    );
+    assert_eq!(server.memberships(&carol).await, 0);
     assert!(carol.client.conversations().await.expect("list").is_empty());
     server.shutdown().await;
 }
@@ -198,7 +226,7 @@ async fn invalid_text_is_rejected_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn sends_over_the_rate_limit_are_resource_exhausted() {
-    let server = TestServer::spawn_with(&["--send-rate", "1", "--send-burst", "5"]).await;
+    let server = TestServer::spawn_with(&["--send-rate", "0.01", "--send-burst", "5"]).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     let mut results = Vec::new();
@@ -235,6 +263,16 @@ async fn sends_over_the_rate_limit_are_resource_exhausted() {
         (retry.seq, &retry.message_id),
         (first.seq, &first.message_id)
     );
+
+    // A refused send to someone new does not even create the conversation.
+    let dora = server.user("dora").await;
+    let err = alex
+        .client
+        .send(Target::User("dora".into()), "hi dora")
+        .await
+        .expect_err("limited");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(server.memberships(&dora).await, 0, "no conversation stored");
 
     // Typing signals have their own limit.
     let mut typing_limited = false;

@@ -187,9 +187,13 @@ async fn typing_reaches_the_other_member_only() {
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     let conv = alex.client.open_direct("riya").await.expect("open").id;
+    let carol = server.user("carol").await;
     let mut alex_session = alex.session().await;
-    let riya_session = riya.session().await;
+    let mut riya_session = riya.session().await;
+    let mut carol_session = carol.session().await;
     messages_until_caught_up(&mut alex_session).await;
+    messages_until_caught_up(&mut riya_session).await;
+    messages_until_caught_up(&mut carol_session).await;
     riya_session.typing(&conv, true).await.expect("typing");
     let typing = expect_event(&mut alex_session, "typing", |e| match e {
         Event::Typing(t) => Some(t.clone()),
@@ -198,6 +202,27 @@ async fn typing_reaches_the_other_member_only() {
     .await;
     assert!(typing.typing);
     assert_eq!(typing.user.map(|u| u.name), Some("riya".into()));
+
+    // Riya's own stream and a non-member's: a later message marks the point by which
+    // a typing event would have arrived (events reach a session in publish order).
+    riya_session
+        .send(Target::User("alex".into()), "marker")
+        .await
+        .expect("send");
+    carol.send("riya", "carol's marker").await;
+    for (session, who) in [(&mut riya_session, "riya"), (&mut carol_session, "carol")] {
+        let mut typing_seen = false;
+        expect_event(session, "marker", |e| match e {
+            Event::Typing(_) => {
+                typing_seen = true;
+                None
+            }
+            Event::Message(_) => Some(()),
+            _ => None,
+        })
+        .await;
+        assert!(!typing_seen, "{who} must not get riya's typing");
+    }
     server.shutdown().await;
 }
 

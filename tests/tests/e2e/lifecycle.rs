@@ -89,7 +89,7 @@ async fn metrics_and_health_are_served() {
 
 #[tokio::test]
 async fn an_expired_token_ends_the_stream() {
-    let server = TestServer::spawn_with(&["--token-ttl", "2s"]).await;
+    let server = TestServer::spawn_with(&["--token-ttl", "4s"]).await;
     let riya = server.user("riya").await;
     let mut session = riya.session().await;
     messages_until_caught_up(&mut session).await;

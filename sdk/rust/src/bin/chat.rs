@@ -66,8 +66,8 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
         /// Stop after this many seconds without an event.
-        #[arg(long)]
-        timeout: Option<f64>,
+        #[arg(long, value_parser = parse_seconds)]
+        timeout: Option<Duration>,
     },
     /// Mark the conversation with TO read.
     Read {
@@ -244,7 +244,7 @@ async fn watch(
     mut saved: Saved,
     client: Client,
     count: Option<usize>,
-    timeout: Option<f64>,
+    timeout: Option<Duration>,
     out: &Output,
 ) -> anyhow::Result<()> {
     // Delivery is acknowledged, and the saved cursors advanced, only for what was
@@ -254,7 +254,7 @@ async fn watch(
         ..SessionOptions::default()
     };
     let mut session = client.open_session(saved.cursors.clone(), options).await?;
-    let idle = timeout.map(Duration::from_secs_f64);
+    let idle = timeout;
     let mut seen = 0usize;
     let mut caught_up = false;
     let me = saved.name.clone();
@@ -322,8 +322,10 @@ async fn watch(
 
 fn timestamp_text(t: Option<&prost_types::Timestamp>) -> Option<String> {
     let t = t?;
-    let at =
-        UNIX_EPOCH + Duration::new(u64::try_from(t.seconds).ok()?, u32::try_from(t.nanos).ok()?);
+    let at = UNIX_EPOCH.checked_add(Duration::new(
+        u64::try_from(t.seconds).ok()?,
+        u32::try_from(t.nanos).ok()?,
+    ))?;
     Some(humantime::format_rfc3339_millis(at).to_string())
 }
 
@@ -388,6 +390,17 @@ fn print_presence(out: &Output, p: &proto::Presence) {
         json!({"type": "presence", "user": user, "online": p.online, "last_seen": timestamp_text(p.last_seen.as_ref())}),
         format!("{user}: {}", presence_text(p)),
     );
+}
+
+/// A number of seconds: positive and finite.
+fn parse_seconds(raw: &str) -> Result<Duration, String> {
+    let secs: f64 = raw
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a number"))?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{raw} must be a positive number of seconds"))
 }
 
 // --- saved sessions ---
