@@ -146,12 +146,7 @@ impl Auth {
     }
 
     async fn hash(&self, password: Password) -> Result<String, ChatError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| ChatError::Unavailable("shutting down".into()))?;
-        tokio::task::spawn_blocking(move || {
+        self.off_runtime(move || {
             let salt = SaltString::generate(&mut OsRng);
             Argon2::default()
                 .hash_password(password.expose().as_bytes(), &salt)
@@ -159,16 +154,10 @@ impl Auth {
                 .map_err(|e| ChatError::Unexpected(format!("password hashing: {e}")))
         })
         .await
-        .map_err(|e| ChatError::Unexpected(format!("hashing task: {e}")))?
     }
 
     async fn verify(&self, password: String, hash: String) -> Result<bool, ChatError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| ChatError::Unavailable("shutting down".into()))?;
-        tokio::task::spawn_blocking(move || {
+        self.off_runtime(move || {
             let parsed = PasswordHash::new(&hash)
                 .map_err(|e| ChatError::Unexpected(format!("stored password hash: {e}")))?;
             Ok(Argon2::default()
@@ -176,7 +165,21 @@ impl Auth {
                 .is_ok())
         })
         .await
-        .map_err(|e| ChatError::Unexpected(format!("hashing task: {e}")))?
+    }
+
+    /// Runs argon2 work on the blocking pool, at most `hashing_concurrency` at a time.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, ChatError> + Send + 'static,
+    ) -> Result<T, ChatError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ChatError::Unavailable("shutting down".into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ChatError::Unexpected(format!("hashing task: {e}")))?
     }
 }
 

@@ -157,8 +157,9 @@ impl Chat {
         let me = &device.user;
         let client_msg_id = ClientMsgId::parse(input.client_msg_id)?;
         let text = MessageText::parse(input.text, self.limits.max_message_bytes)?;
-        // Resolve the target without writing anything: a refused send stores nothing.
-        let (conversation, new_peer) = match input.target {
+        // Resolve the target and its members without writing anything: a refused send
+        // stores nothing.
+        let (conversation, members, new_peer) = match input.target {
             None => {
                 return Err(ChatError::InvalidArgument(
                     "a send needs a conversation_id or a recipient".into(),
@@ -166,12 +167,12 @@ impl Chat {
             }
             Some(Target::Conversation(id)) => {
                 let id = ConversationId::parse(&id, "conversation_id")?;
-                self.require_member(id, me.id).await?;
-                (id, None)
+                (id, self.members_as(id, me.id).await?, None)
             }
             Some(Target::Recipient(name)) => {
                 let peer = self.direct_peer(me, &name).await?;
-                (ConversationId::direct(me.id, peer.id), Some(peer.id))
+                let id = ConversationId::direct(me.id, peer.id);
+                (id, vec![me.id, peer.id], Some(peer.id))
             }
         };
         if !self.limiter.try_acquire(me.id) {
@@ -193,27 +194,36 @@ impl Chat {
         if let Some(peer) = new_peer {
             self.store.ensure_direct(me.id, peer).await?;
         }
-        let members = self.member_ids(conversation).await?;
         let new = NewMessage {
             conversation_id: conversation,
             sender: me.clone(),
             client_msg_id,
             text,
         };
-        let (store, bus) = (self.store.clone(), self.bus.clone());
-        // Commit, then, and only then, ring the recipients' doorbells. Both run in their
-        // own task so that a caller who goes away after the commit (a cancelled call, an
-        // expired deadline) cannot skip the publish. A retry rings again in case the
-        // first publish was lost; sessions drop duplicates by seq.
-        let committed = tokio::spawn(async move {
+        // A retry rings the doorbells again in case the first publish was lost; sessions
+        // drop duplicates by seq.
+        self.commit_then_publish(move |store, bus| async move {
             let appended = store.append_message(new).await?;
             bus.publish(&members, Event::Message(Arc::new(appended.message.clone())))
                 .await;
-            Ok::<_, crate::store::StoreError>(appended)
-        });
-        match committed.await {
+            Ok(appended)
+        })
+        .await
+    }
+
+    /// Runs a commit and the publish that follows it in their own task, so that a
+    /// caller who goes away after the commit (a cancelled call, an expired deadline)
+    /// cannot skip the publish.
+    async fn commit_then_publish<T, F, Fut>(&self, work: F) -> Result<T, ChatError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Store>, Arc<dyn Bus>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::store::StoreError>> + Send + 'static,
+    {
+        let task = tokio::spawn(work(self.store.clone(), self.bus.clone()));
+        match task.await {
             Ok(result) => Ok(result?),
-            Err(e) => Err(ChatError::Unexpected(format!("send task: {e}"))),
+            Err(e) => Err(ChatError::Unexpected(format!("commit task: {e}"))),
         }
     }
 
@@ -304,26 +314,21 @@ impl Chat {
         delivered: u64,
         read: u64,
     ) -> Result<Receipt, ChatError> {
-        // Members are read first, and commit + publish run in their own task, so that
-        // a caller who goes away after the commit cannot skip the live push.
-        let members = self.member_ids(conversation).await?;
-        let (store, bus) = (self.store.clone(), self.bus.clone());
-        let committed = tokio::spawn(async move {
-            let update = store
-                .advance_receipt(conversation, me, delivered, read)
-                .await?;
-            if let Some(update) = &update
-                && update.changed
-            {
-                bus.publish(&members, Event::Receipt(update.receipt.clone()))
-                    .await;
-            }
-            Ok::<_, crate::store::StoreError>(update)
-        });
-        let update = match committed.await {
-            Ok(result) => result?,
-            Err(e) => return Err(ChatError::Unexpected(format!("receipt task: {e}"))),
-        };
+        let members = self.members_as(conversation, me).await?;
+        let update = self
+            .commit_then_publish(move |store, bus| async move {
+                let update = store
+                    .advance_receipt(conversation, me, delivered, read)
+                    .await?;
+                if let Some(update) = &update
+                    && update.changed
+                {
+                    bus.publish(&members, Event::Receipt(update.receipt.clone()))
+                        .await;
+                }
+                Ok(update)
+            })
+            .await?;
         Ok(update.ok_or_else(not_found_conversation)?.receipt)
     }
 
@@ -336,16 +341,11 @@ impl Chat {
         typing: bool,
     ) -> Result<(), ChatError> {
         let conversation = ConversationId::parse(conversation, "conversation_id")?;
-        self.require_member(conversation, me.id).await?;
+        let mut others = self.members_as(conversation, me.id).await?;
         if !self.typing_limiter.try_acquire(me.id) {
             return Err(ChatError::RateLimited("too many typing signals".into()));
         }
-        let others: Vec<UserId> = self
-            .member_ids(conversation)
-            .await?
-            .into_iter()
-            .filter(|u| *u != me.id)
-            .collect();
+        others.retain(|u| *u != me.id);
         self.bus
             .publish(
                 &others,
@@ -608,14 +608,24 @@ impl Chat {
             .ok_or_else(not_found_conversation)
     }
 
-    async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>, ChatError> {
-        Ok(self
+    /// The members of a conversation, read once, as seen by `user`: NOT_FOUND unless
+    /// `user` is one of them.
+    async fn members_as(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Vec<UserId>, ChatError> {
+        let members: Vec<UserId> = self
             .store
             .members(conversation)
             .await?
             .into_iter()
             .map(|r| r.user.id)
-            .collect())
+            .collect();
+        if !members.contains(&user) {
+            return Err(not_found_conversation());
+        }
+        Ok(members)
     }
 }
 

@@ -4,6 +4,7 @@
 //! internal failures are logged here and reach the client as UNAVAILABLE or INTERNAL
 //! without leaking details.
 
+use tonic::codegen::http;
 use tonic::{Code, Status};
 
 use crate::store::StoreError;
@@ -64,6 +65,36 @@ impl From<ChatError> for Status {
         }
         Status::new(code, e.public_message())
     }
+}
+
+/// How tonic's protobuf codec starts the message of a request that does not decode
+/// (invalid UTF-8 in a string, a malformed message), plain and as sent in the
+/// percent-encoded `grpc-message` header.
+const DECODE_ERROR: &str = "failed to decode";
+const DECODE_ERROR_IN_HEADER: &[u8] = b"failed%20to%20decode";
+
+/// tonic answers a request that does not decode with INTERNAL; for this API it is the
+/// client's bad input, so INVALID_ARGUMENT (an INTERNAL would page an operator).
+pub fn decode_error_as_invalid_argument(status: Status) -> Status {
+    if status.code() == Code::Internal && status.message().starts_with(DECODE_ERROR) {
+        Status::invalid_argument(status.message())
+    } else {
+        status
+    }
+}
+
+/// The same rule for a response tonic already wrote (unary and server-streaming calls,
+/// whose request is decoded before a handler runs); used as a response layer.
+pub fn decode_errors_are_invalid_argument<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let internal = headers.get("grpc-status").is_some_and(|s| s == "13");
+    let decode = headers
+        .get("grpc-message")
+        .is_some_and(|m| m.as_bytes().starts_with(DECODE_ERROR_IN_HEADER));
+    if internal && decode {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    response
 }
 
 pub use chat_proto::code_name;

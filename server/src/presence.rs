@@ -162,7 +162,7 @@ impl PresenceTracker {
         pending
     }
 
-    /// Everyone online now, with the time to record as last seen if the process stops.
+    /// Everyone online now: whose last seen a checkpoint records.
     pub fn online_users(&self) -> Vec<UserId> {
         self.users
             .lock()

@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::http;
 use tonic::transport::Server;
 
 use crate::api::{auth::AuthApi, chat::ChatApi};
@@ -98,23 +97,6 @@ async fn open_store(config: &Config) -> Result<Arc<SqliteStore>, ServeError> {
 
 /// Wraps the bus the server would use, e.g. to inject faults in tests.
 pub type BusLayer = Box<dyn FnOnce(Arc<dyn Bus>) -> Arc<dyn Bus> + Send>;
-
-/// A request that does not decode (invalid UTF-8 in a string, a malformed message) is
-/// the client's mistake: tonic answers INTERNAL, the API promises INVALID_ARGUMENT.
-fn decode_errors_are_invalid_argument<B>(mut response: http::Response<B>) -> http::Response<B> {
-    let headers = response.headers_mut();
-    let internal = headers.get("grpc-status").is_some_and(|s| s == "13");
-    let decode = headers
-        .get("grpc-message")
-        .is_some_and(|m| m.as_bytes().starts_with(DECODE_ERROR_PREFIX));
-    if internal && decode {
-        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-    }
-    response
-}
-
-/// How tonic's protobuf codec starts the (percent-encoded) message of a decode error.
-const DECODE_ERROR_PREFIX: &[u8] = b"failed%20to%20decode";
 
 /// Opens the store and serves on `listener` until shut down.
 pub async fn start(config: Config, listener: TcpListener) -> Result<Running, ServeError> {
@@ -210,7 +192,7 @@ pub async fn start_with(
 
     let router = Server::builder()
         .layer(tower::util::MapResponseLayer::new(
-            decode_errors_are_invalid_argument,
+            crate::error::decode_errors_are_invalid_argument,
         ))
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .http2_max_local_error_reset_streams(Some(1024))

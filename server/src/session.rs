@@ -52,10 +52,6 @@ impl Session {
         }
     }
 
-    pub fn close(&self) {
-        self.closer.close();
-    }
-
     pub fn close_with(&self, status: Status) {
         self.closer.close_with(status);
     }

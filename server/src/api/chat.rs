@@ -164,14 +164,7 @@ impl pb::chat_service_server::ChatService for ChatApi {
                     // A broken or oversized frame, or a vanished client: end the session
                     // with the reason, so a client still listening knows why.
                     Err(status) => {
-                        let status = if status.code() == tonic::Code::Internal
-                            && status.message().starts_with("failed to decode")
-                        {
-                            Status::invalid_argument(status.message())
-                        } else {
-                            status
-                        };
-                        reader.close_with(status);
+                        reader.close_with(crate::error::decode_error_as_invalid_argument(status));
                         return;
                     }
                 }
