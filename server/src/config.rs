@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::store::StoreOptions;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -17,18 +19,36 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Parser)]
 #[command(name = "chat-server", version, about, long_about = None)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to serve gRPC on (port 0 picks a free port).
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Database URL: sqlite://PATH. Also read from DATABASE_URL.
-    /// Default: SQLite file chat.db in the data directory.
-    #[arg(long, env = "CHAT_DATABASE_URL")]
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB. Also read from
+    /// DATABASE_URL. Default: SQLite file chat.db in the data directory.
+    #[arg(long, env = "CHAT_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 
     /// Directory for the embedded database; created if missing.
-    #[arg(long, env = "CHAT_DATA_DIR", default_value = "chat-data")]
+    #[arg(
+        long,
+        env = "CHAT_DATA_DIR",
+        default_value = "chat-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
+
+    /// Database connections: the Postgres pool size, or SQLite's read connections
+    /// (SQLite writes through one).
+    #[arg(long, env = "CHAT_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub database_pool_size: u32,
+
+    /// Longest a database statement may run (Postgres `statement_timeout`), and longest
+    /// a call waits for a free connection; past it the call fails with UNAVAILABLE.
+    #[arg(long, env = "CHAT_DATABASE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub database_statement_timeout: Duration,
 
     /// How often clients must heartbeat; sent to them when they connect.
     #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -79,6 +99,12 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// Apply the database migrations and exit (serving applies them too).
+    Migrate,
+}
+
 /// A positive, finite rate.
 fn parse_rate(raw: &str) -> Result<f64, String> {
     match raw.parse::<f64>() {
@@ -94,5 +120,12 @@ impl Config {
             .clone()
             .or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()))
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("chat.db").display()))
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            pool_size: self.database_pool_size,
+            statement_timeout: self.database_statement_timeout,
+        }
     }
 }

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use chat_server::config::{Config, LogFormat};
+use chat_server::config::{Command, Config, LogFormat};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -18,10 +18,18 @@ async fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init(),
     }
+    if let Some(Command::Migrate) = config.command {
+        let url = config.resolved_database_url();
+        chat_server::store::migrate(&url, &config.store_options())
+            .await
+            .with_context(|| format!("migrating {}", redact(&url)))?;
+        println!("migrated {}", redact(&url));
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(database = %config.resolved_database_url(), "starting");
+    tracing::info!(database = %redact(&config.resolved_database_url()), "starting");
     let running = chat_server::start(config, listener).await?;
     // Scripts that start us on port 0 read the address from this line.
     println!("listening on {}", running.addr);
@@ -36,6 +44,20 @@ async fn main() -> anyhow::Result<()> {
     running.wait().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 async fn wait_for_signal() {

@@ -9,7 +9,6 @@ use chat_proto::v1::auth_service_server::AuthServiceServer;
 use chat_proto::v1::chat_service_server::ChatServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
@@ -19,8 +18,7 @@ use crate::bus::{Bus, InProcessBus};
 use crate::chat::{Chat, Limits};
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// Smallest cap on a decoded protobuf message. A chat frame is small, so tonic's 4 MiB
 /// default would only help abuse; the cap grows with `--max-message-bytes`.
@@ -75,26 +73,6 @@ impl Running {
     }
 }
 
-async fn open_store(config: &Config) -> Result<Arc<SqliteStore>, ServeError> {
-    let url = config.resolved_database_url();
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
-        if let Some(dir) = std::path::Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir)?;
-        }
-        Ok(Arc::new(SqliteStore::open(&url, 4).await?))
-    } else {
-        Err(ServeError::Config(format!(
-            "unsupported database URL {url:?}: this build stores in SQLite (sqlite://PATH)"
-        )))
-    }
-}
-
 /// Wraps the bus the server would use, e.g. to inject faults in tests.
 pub type BusLayer = Box<dyn FnOnce(Arc<dyn Bus>) -> Arc<dyn Bus> + Send>;
 
@@ -118,8 +96,8 @@ pub async fn start_with(
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
-    let sqlite = open_store(&config).await?;
-    let store: Arc<dyn Store> = sqlite.clone();
+    let store =
+        crate::store::open(&config.resolved_database_url(), &config.store_options()).await?;
     let hub = Hub::new(config.session_queue);
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(hub.clone()));
     let bus = match bus_layer {
@@ -198,7 +176,6 @@ pub async fn start_with(
         .http2_max_local_error_reset_streams(Some(1024))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(auth_service)
@@ -207,8 +184,12 @@ pub async fn start_with(
     let stop = shutdown.clone();
     let grace = config.shutdown_grace;
     let chat_for_shutdown = chat.clone();
+    let store_for_shutdown = chat.store.clone();
     let task = tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(listener);
+        // `Server::tcp_nodelay` only applies to listeners tonic binds itself; without it
+        // every multi-frame response (a history page) waits ~40 ms on Nagle.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let signal = stop.clone().cancelled_owned();
         let serve = router.serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(serve);
@@ -235,7 +216,7 @@ pub async fn start_with(
         announcer_stop.cancel();
         let _ = announcer.await;
         chat_for_shutdown.checkpoint_last_seen().await;
-        sqlite.close().await;
+        store_for_shutdown.close().await;
         result
     });
     tracing::info!(%addr, "chat server listening");

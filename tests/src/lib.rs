@@ -2,26 +2,28 @@
 //! tests), users driven through the SDK, and helpers that wait for events with a
 //! deadline instead of sleeping.
 
+pub mod db;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_sdk::{Client, Credentials, Cursors, Event, Session, SessionOptions, proto};
-use tempfile::TempDir;
+pub use db::{PgCluster, StoreKind, TestDb};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// How long any single expected event may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A server configuration for tests: a private SQLite file, generous rate limits,
-/// short presence timeouts. `extra` flags override.
-pub fn config(dir: &Path, extra: &[&str]) -> chat_server::Config {
+/// A server configuration for tests: the given database, generous rate limits, short
+/// presence timeouts. `extra` flags override.
+pub fn config(database_url: &str, extra: &[&str]) -> chat_server::Config {
     use clap::Parser;
-    let db = format!("sqlite://{}", dir.join("chat.db").display());
     let defaults = [
         ("--listen", "127.0.0.1:0"),
-        ("--database-url", db.as_str()),
+        ("--database-url", database_url),
         ("--send-rate", "100000"),
         ("--send-burst", "100000"),
         ("--presence-timeout", "2s"),
@@ -42,32 +44,45 @@ pub fn config(dir: &Path, extra: &[&str]) -> chat_server::Config {
 pub struct TestServer {
     pub url: String,
     pub running: Option<chat_server::Running>,
-    pub dir: TempDir,
+    pub db: Arc<TestDb>,
 }
 
 impl TestServer {
-    pub async fn spawn() -> Self {
-        Self::spawn_with(&[]).await
+    /// Starts a server on a fresh database of the given kind.
+    pub async fn spawn(store: StoreKind) -> Self {
+        Self::spawn_with(store, &[]).await
     }
 
     /// Starts a server with extra command-line flags.
-    pub async fn spawn_with(extra: &[&str]) -> Self {
-        Self::spawn_layered(extra, None).await
+    pub async fn spawn_with(store: StoreKind, extra: &[&str]) -> Self {
+        Self::spawn_layered(store, extra, None).await
     }
 
     /// Starts a server whose bus is wrapped (fault injection).
-    pub async fn spawn_layered(extra: &[&str], bus_layer: Option<chat_server::BusLayer>) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+    pub async fn spawn_layered(
+        store: StoreKind,
+        extra: &[&str],
+        bus_layer: Option<chat_server::BusLayer>,
+    ) -> Self {
+        Self::spawn_on(Arc::new(TestDb::new(store).await), extra, bus_layer).await
+    }
+
+    /// Starts a server on an existing database, e.g. a second one sharing it.
+    pub async fn spawn_on(
+        db: Arc<TestDb>,
+        extra: &[&str],
+        bus_layer: Option<chat_server::BusLayer>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let running = chat_server::start_with(config(dir.path(), extra), listener, bus_layer)
+        let running = chat_server::start_with(config(db.url(), extra), listener, bus_layer)
             .await
             .expect("server starts");
         TestServer {
             url: format!("http://{}", running.addr),
             running: Some(running),
-            dir,
+            db,
         }
     }
 
@@ -225,13 +240,13 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `chat-server` on port 0 with its data in `data_dir`.
-    pub async fn start(data_dir: &Path) -> Self {
-        Self::start_with(data_dir, &[]).await
+    /// Starts `chat-server` on port 0 with its data in `db`.
+    pub async fn start(db: &TestDb) -> Self {
+        Self::start_with(db, &[]).await
     }
 
     /// Starts `chat-server` with extra flags.
-    pub async fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
+    pub async fn start_with(db: &TestDb, extra: &[&str]) -> Self {
         let mut child = Command::new(workspace_bin("chat-server"))
             .args(extra)
             .args([
@@ -243,7 +258,7 @@ impl ServerProcess {
                 "100000",
             ])
             .arg("--database-url")
-            .arg(format!("sqlite://{}", data_dir.join("chat.db").display()))
+            .arg(db.url())
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

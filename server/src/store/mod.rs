@@ -7,7 +7,11 @@
 //! idempotent sends keyed by (conversation, sender, client_msg_id), and forward-only
 //! receipt watermarks clamped to `last_seq`.
 
+pub mod postgres;
 pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -28,6 +32,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("cannot create the database directory: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl StoreError {
@@ -99,8 +107,78 @@ pub struct ReceiptUpdate {
     pub changed: bool,
 }
 
+/// How the store connects, whatever the backend.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Connections in the pool (Postgres), or read connections (SQLite, which writes
+    /// through one).
+    pub pool_size: u32,
+    /// Longest a statement may run, and longest a call waits for a free connection.
+    pub statement_timeout: Duration,
+}
+
+/// Which backend a database URL names.
+enum Backend<'a> {
+    Sqlite { path: &'a str },
+    Postgres,
+}
+
+fn backend(url: &str) -> Result<Backend<'_>, StoreError> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        Ok(Backend::Sqlite { path })
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+/// Opens the store the URL's scheme names and brings its schema up to date.
+pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    match backend(url)? {
+        Backend::Sqlite { path } => {
+            create_parent_dir(path)?;
+            Ok(Arc::new(
+                sqlite::SqliteStore::open(url, options.pool_size).await?,
+            ))
+        }
+        Backend::Postgres => Ok(Arc::new(postgres::PostgresStore::open(url, options).await?)),
+    }
+}
+
+/// Brings the schema at `url` up to date without serving: `chat-server migrate`.
+pub async fn migrate(url: &str, options: &StoreOptions) -> Result<(), StoreError> {
+    match backend(url)? {
+        Backend::Sqlite { path } => {
+            create_parent_dir(path)?;
+            let store = sqlite::SqliteStore::open(url, 1).await?;
+            store.close().await;
+            Ok(())
+        }
+        Backend::Postgres => postgres::PostgresStore::migrate(url, options).await,
+    }
+}
+
+fn create_parent_dir(path: &str) -> Result<(), StoreError> {
+    // Strip URL parameters such as `?mode=rwc` before treating it as a path.
+    let path = path.split('?').next().unwrap_or(path);
+    if let Some(dir) = std::path::Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Closes the connections, waiting for the ones in use to come back.
+    async fn close(&self);
+
     // --- users ---
     /// Creates a user; `Conflict` if the name is taken.
     async fn create_user(

@@ -55,11 +55,6 @@ impl SqliteStore {
             .map_err(classify)?;
         Ok(SqliteStore { writer, reader })
     }
-
-    pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
-    }
 }
 
 /// Sorts sqlx errors into "retry later" and "something is wrong".
@@ -147,6 +142,11 @@ const PEER_RECEIPTS: &str = "SELECT o.conversation_id, o.user_id, u.name AS user
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
     // --- users ---
 
     async fn create_user(

@@ -1,6 +1,7 @@
 //! Bad input gets a clear status, stores nothing, and never kills a stream that
 //! could go on.
 
+use crate::STORE;
 use chat_sdk::{Event, Page, Target, proto};
 use chat_tests::{TestServer, expect_event, messages_until_caught_up};
 use tonic::Code;
@@ -20,7 +21,7 @@ async fn last_seq(user: &chat_tests::User, conversation: &str) -> u64 {
 
 #[tokio::test]
 async fn missing_or_wrong_token_is_unauthenticated() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let anonymous = server.client().await;
     let err = anonymous.conversations().await.expect_err("no token");
@@ -103,7 +104,7 @@ async fn missing_or_wrong_token_is_unauthenticated() {
 
 #[tokio::test]
 async fn non_members_get_not_found_and_nothing_changes() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     let carol = server.user("carol").await;
@@ -183,7 +184,7 @@ async fn non_members_get_not_found_and_nothing_changes() {
 
 #[tokio::test]
 async fn invalid_text_is_rejected_and_nothing_is_stored() {
-    let server = TestServer::spawn_with(&["--max-message-bytes", "100"]).await;
+    let server = TestServer::spawn_with(STORE, &["--max-message-bytes", "100"]).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     let conv = alex.send("riya", "first").await.conversation_id;
@@ -226,7 +227,7 @@ async fn invalid_text_is_rejected_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn sends_over_the_rate_limit_are_resource_exhausted() {
-    let server = TestServer::spawn_with(&["--send-rate", "0.01", "--send-burst", "5"]).await;
+    let server = TestServer::spawn_with(STORE, &["--send-rate", "0.01", "--send-burst", "5"]).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     let mut results = Vec::new();
@@ -289,7 +290,7 @@ async fn sends_over_the_rate_limit_are_resource_exhausted() {
 
 #[tokio::test]
 async fn a_bad_request_on_the_stream_does_not_end_it() {
-    let server = TestServer::spawn_with(&["--max-message-bytes", "100"]).await;
+    let server = TestServer::spawn_with(STORE, &["--max-message-bytes", "100"]).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     let mut session = alex.session().await;
@@ -347,7 +348,7 @@ struct BrokenSendRequest {
 
 #[tokio::test]
 async fn a_message_that_does_not_decode_is_invalid_argument() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
@@ -383,7 +384,7 @@ async fn a_message_that_does_not_decode_is_invalid_argument() {
 #[tokio::test]
 async fn connect_must_start_with_hello_and_foreign_cursors_are_ignored() {
     use proto::client_frame::Kind as In;
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     let carol = server.user("carol").await;

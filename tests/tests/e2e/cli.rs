@@ -1,5 +1,6 @@
 //! The real `chat` binary against a real server: register, send, watch, read, history.
 
+use crate::STORE;
 use std::path::Path;
 use std::process::Output;
 
@@ -34,7 +35,7 @@ fn lines(output: &Output) -> Vec<Value> {
 
 #[tokio::test]
 async fn register_send_watch_read_history() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let dirs = tempfile::tempdir().expect("temp dir");
     let alex = dirs.path().join("alex");
     let riya = dirs.path().join("riya");

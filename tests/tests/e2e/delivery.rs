@@ -1,5 +1,6 @@
 //! Live delivery, receipts as watermarks, offline catch-up and resume from cursors.
 
+use crate::STORE;
 use chat_sdk::{Cursors, Event, SessionOptions, Target};
 use chat_tests::{TestServer, expect_event, messages_through, messages_until_caught_up, seqs};
 
@@ -12,7 +13,7 @@ fn manual_acks() -> SessionOptions {
 
 #[tokio::test]
 async fn live_message_and_status_sent_delivered_read() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     let mut alex_session = alex.session().await;
@@ -92,7 +93,7 @@ async fn live_message_and_status_sent_delivered_read() {
 
 #[tokio::test]
 async fn offline_recipient_gets_everything_in_order_then_caught_up() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     let mut texts = Vec::new();
@@ -139,7 +140,7 @@ async fn offline_recipient_gets_everything_in_order_then_caught_up() {
 
 #[tokio::test]
 async fn reconnect_replays_only_what_is_missing() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     // Riya's device does not ack, so only its cursors say what it holds.
@@ -183,7 +184,7 @@ async fn reconnect_replays_only_what_is_missing() {
 
 #[tokio::test]
 async fn typing_reaches_the_other_member_only() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     let conv = alex.client.open_direct("riya").await.expect("open").id;
@@ -228,7 +229,7 @@ async fn typing_reaches_the_other_member_only() {
 
 #[tokio::test]
 async fn shutdown_closes_streams_with_a_retryable_status() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let riya = server.user("riya").await;
     let mut session = riya.session().await;
     messages_until_caught_up(&mut session).await;
@@ -245,7 +246,7 @@ async fn shutdown_closes_streams_with_a_retryable_status() {
 async fn subscribe_and_unary_calls_serve_the_same_session_core() {
     use chat_sdk::proto::{self, server_frame::Kind};
     use chat_tests::{next_frame, raw_chat_stub};
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     let first = alex.send("riya", "while you were away").await;
@@ -265,12 +266,22 @@ async fn subscribe_and_unary_calls_serve_the_same_session_core() {
         next_frame(&mut stream, unwrap).await,
         Kind::Welcome(_)
     ));
-    match next_frame(&mut stream, unwrap).await {
+    // Alex's "online" is announced by its own task and may reach Riya at any point
+    // after her welcome: presence frames are skipped below.
+    async fn next_but_presence(stream: &mut tonic::Streaming<proto::SubscribeResponse>) -> Kind {
+        loop {
+            match next_frame(stream, |r: proto::SubscribeResponse| r.frame).await {
+                Kind::Presence(_) => {}
+                other => return other,
+            }
+        }
+    }
+    match next_but_presence(&mut stream).await {
         Kind::Message(m) => assert_eq!((m.seq, m.text.as_str()), (1, "while you were away")),
         other => panic!("expected the missed message, got {other:?}"),
     }
     let caught_up = loop {
-        match next_frame(&mut stream, unwrap).await {
+        match next_but_presence(&mut stream).await {
             Kind::CaughtUp(c) => break c,
             Kind::Receipt(_) => {}
             other => panic!("unexpected {other:?}"),
@@ -294,7 +305,7 @@ async fn subscribe_and_unary_calls_serve_the_same_session_core() {
         .send(Target::User("riya".into()), "live")
         .await
         .expect("send");
-    match next_frame(&mut stream, unwrap).await {
+    match next_but_presence(&mut stream).await {
         Kind::Message(m) => assert_eq!(m.seq, 2),
         other => panic!("expected the live message, got {other:?}"),
     }
@@ -343,7 +354,7 @@ async fn subscribe_and_unary_calls_serve_the_same_session_core() {
     .await;
     assert_eq!(got, "from the browser");
     loop {
-        if let Kind::Message(m) = next_frame(&mut stream, unwrap).await {
+        if let Kind::Message(m) = next_but_presence(&mut stream).await {
             assert_eq!(m.seq, 3);
             break;
         }
@@ -353,7 +364,7 @@ async fn subscribe_and_unary_calls_serve_the_same_session_core() {
 
 #[tokio::test]
 async fn a_returning_device_gets_conversations_it_has_never_seen() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let bob = server.user("bob").await;
     let riya = server.user("riya").await;
@@ -393,7 +404,7 @@ async fn a_returning_device_gets_conversations_it_has_never_seen() {
 
 #[tokio::test]
 async fn replying_does_not_mark_unread_messages_read() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     let conv = riya.send("alex", "r1").await.conversation_id;
@@ -430,7 +441,7 @@ async fn replying_does_not_mark_unread_messages_read() {
 
 #[tokio::test]
 async fn logout_ends_the_device_streams() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let riya = server.user("riya").await;
     let mut session = riya.session().await;
     messages_until_caught_up(&mut session).await;
@@ -456,7 +467,7 @@ async fn logout_ends_the_device_streams() {
 #[tokio::test]
 async fn a_half_closed_connect_stream_still_gets_its_answers() {
     use chat_sdk::proto::{self, client_frame::Kind as In, server_frame::Kind};
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     let mut raw = chat_tests::raw_chat_stub(&server.url, &alex.creds.token, None).await;

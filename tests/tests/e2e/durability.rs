@@ -1,12 +1,13 @@
 //! Durability: everything acknowledged before a SIGKILL is there after a restart.
 
+use crate::STORE;
 use chat_sdk::{Client, Page, Target};
-use chat_tests::{DEADLINE, ServerProcess, seqs};
+use chat_tests::{DEADLINE, ServerProcess, TestDb, seqs};
 
 #[tokio::test]
 async fn acked_messages_survive_sigkill() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = ServerProcess::start(dir.path()).await;
+    let db = TestDb::new(STORE).await;
+    let server = ServerProcess::start(&db).await;
     let client = Client::connect(&server.url).await.expect("connect");
     let alex = client
         .register("alex", "correct horse battery", "t")
@@ -48,7 +49,7 @@ async fn acked_messages_survive_sigkill() {
     let acked = sender.await.expect("sender task");
     assert!(acked.len() >= 50);
 
-    let restarted = ServerProcess::start(dir.path()).await;
+    let restarted = ServerProcess::start(&db).await;
     // The token issued before the crash still works: sessions are stored, not in memory.
     let alex_client = Client::connect(&restarted.url)
         .await

@@ -1,11 +1,12 @@
 //! History pages both ways with no gaps or repeats, and a bounded page size.
 
+use crate::STORE;
 use chat_sdk::Page;
 use chat_tests::{TestServer, seqs};
 
 #[tokio::test]
 async fn pages_backward_and_forward_without_gaps_or_repeats() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     let mut conv = String::new();

@@ -1,12 +1,13 @@
 //! Idempotent send: one stored message per (conversation, sender, client_msg_id), the
 //! same answer to every retry, and no seq burnt by a duplicate.
 
+use crate::STORE;
 use chat_sdk::{Page, Target};
 use chat_tests::{TestServer, seqs};
 
 #[tokio::test]
 async fn same_client_msg_id_twice_stores_one_message() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     let to = || Target::User("riya".into());
@@ -41,7 +42,7 @@ async fn same_client_msg_id_twice_stores_one_message() {
 
 #[tokio::test]
 async fn concurrent_sends_with_one_id_from_two_connections_store_one_message() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     // A second connection (another channel) with the same credentials.

@@ -1,13 +1,14 @@
 //! The server as an operator sees it: SIGTERM, metrics, health, token expiry.
 
+use crate::STORE;
 use chat_sdk::{Client, Cursors, Event, SessionOptions, Target};
-use chat_tests::{ServerProcess, TestServer, expect_event, messages_until_caught_up};
+use chat_tests::{ServerProcess, TestDb, TestServer, expect_event, messages_until_caught_up};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn sigterm_closes_streams_retryably_and_exits_cleanly() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = ServerProcess::start_with(dir.path(), &["--shutdown-grace", "5s"]).await;
+    let db = TestDb::new(STORE).await;
+    let server = ServerProcess::start_with(&db, &["--shutdown-grace", "5s"]).await;
     let client = Client::connect(&server.url).await.expect("connect");
     let riya = client
         .register("riya", "correct horse battery", "t")
@@ -32,7 +33,7 @@ async fn sigterm_closes_streams_retryably_and_exits_cleanly() {
 
 #[tokio::test]
 async fn metrics_and_health_are_served() {
-    let server = TestServer::spawn_with(&["--metrics-listen", "127.0.0.1:0"]).await;
+    let server = TestServer::spawn_with(STORE, &["--metrics-listen", "127.0.0.1:0"]).await;
     let alex = server.user("alex").await;
     let _riya = server.user("riya").await;
     let mut session = alex.session().await;
@@ -89,7 +90,7 @@ async fn metrics_and_health_are_served() {
 
 #[tokio::test]
 async fn an_expired_token_ends_the_stream() {
-    let server = TestServer::spawn_with(&["--token-ttl", "4s"]).await;
+    let server = TestServer::spawn_with(STORE, &["--token-ttl", "4s"]).await;
     let riya = server.user("riya").await;
     let mut session = riya.session().await;
     messages_until_caught_up(&mut session).await;

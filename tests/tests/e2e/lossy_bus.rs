@@ -1,6 +1,7 @@
 //! The bus is only a doorbell: when it loses events, sessions fill the gaps from the
 //! store and the client still sees every message once, in order.
 
+use crate::STORE;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,7 +38,7 @@ async fn lost_doorbells_are_filled_from_the_store() {
             dropped: counter,
         })
     });
-    let server = TestServer::spawn_layered(&[], Some(layer)).await;
+    let server = TestServer::spawn_layered(STORE, &[], Some(layer)).await;
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     let mut session = riya.session().await;

@@ -1,6 +1,7 @@
 //! Presence: online while connected, offline with a persisted last seen after the
 //! session ends or stops heart-beating, flips pushed live to contacts.
 
+use crate::STORE;
 use std::time::Duration;
 
 use chat_sdk::{Cursors, Event, SessionOptions};
@@ -15,7 +16,7 @@ fn presence_of<'a>(name: &'a str) -> impl FnMut(&Event) -> Option<chat_sdk::prot
 
 #[tokio::test]
 async fn online_while_connected_then_last_seen_after_disconnect() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     alex.send("riya", "hi").await;
@@ -57,7 +58,7 @@ async fn online_while_connected_then_last_seen_after_disconnect() {
 #[tokio::test]
 async fn a_device_that_stops_heartbeating_goes_offline_and_comes_back() {
     // Presence timeout is 2 s in tests.
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     alex.send("riya", "hi").await;
@@ -96,7 +97,7 @@ async fn a_device_that_stops_heartbeating_goes_offline_and_comes_back() {
 
 #[tokio::test]
 async fn presence_is_only_visible_to_contacts() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn(STORE).await;
     let alex = server.user("alex").await;
     let _stranger = server.user("stranger").await;
     let err = alex

@@ -1,6 +1,7 @@
 //! A session that stops reading is closed with UNAVAILABLE once its bounded queue is
 //! full; nobody else waits for it, and after reconnecting it has everything.
 
+use crate::STORE;
 use chat_sdk::{Cursors, SessionOptions, proto};
 use chat_tests::{TestServer, messages_through, messages_until_caught_up, seqs};
 use futures::StreamExt;
@@ -8,7 +9,7 @@ use tonic::Code;
 
 #[tokio::test]
 async fn a_stalled_session_is_cut_off_without_holding_up_others() {
-    let server = TestServer::spawn_with(&["--session-queue", "16"]).await;
+    let server = TestServer::spawn_with(STORE, &["--session-queue", "16"]).await;
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     let conv = alex.client.open_direct("riya").await.expect("open").id;

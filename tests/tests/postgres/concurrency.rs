@@ -1,0 +1,142 @@
+//! Many connections, and two replicas, writing into one conversation at once.
+
+use std::sync::Arc;
+
+use chat_sdk::{Client, Page, Target, proto};
+use chat_tests::{StoreKind, TestDb, TestServer, seqs};
+
+/// Every message of a conversation, paging forward.
+pub(crate) async fn all_messages(client: &Client, conversation_id: &str) -> Vec<proto::Message> {
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client
+            .history(conversation_id, Page::After(after), 200)
+            .await
+            .expect("history");
+        stored.extend(page.messages.iter().cloned());
+        match page.messages.last() {
+            Some(last) if page.has_more => after = last.seq,
+            _ => return stored,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_connections_sending_into_one_conversation_get_gapless_seqs() {
+    const CONNECTIONS: usize = 50;
+    const EACH: usize = 20;
+    let server = TestServer::spawn(StoreKind::Postgres).await;
+    let alex = server.user("alex").await;
+    let riya = server.user("riya").await;
+    let conv = alex.client.open_direct("riya").await.expect("open").id;
+
+    // 50 separate HTTP/2 connections, half Alex's and half Riya's, all at once.
+    let mut senders = Vec::new();
+    for i in 0..CONNECTIONS {
+        let (token, to) = if i % 2 == 0 {
+            (&alex.creds.token, "riya")
+        } else {
+            (&riya.creds.token, "alex")
+        };
+        let client = Client::connect(&server.url)
+            .await
+            .expect("connect")
+            .with_token(token)
+            .expect("token");
+        let to = to.to_owned();
+        senders.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for j in 0..EACH {
+                acks.push(
+                    client
+                        .send(Target::User(to.clone()), &format!("c{i} m{j}"))
+                        .await
+                        .expect("send"),
+                );
+            }
+            acks
+        }));
+    }
+    let mut acks = Vec::new();
+    for sender in senders {
+        acks.extend(sender.await.expect("sender"));
+    }
+
+    let total = (CONNECTIONS * EACH) as u64;
+    let mut acked: Vec<u64> = acks.iter().map(|a| a.seq).collect();
+    acked.sort_unstable();
+    assert_eq!(
+        acked,
+        (1..=total).collect::<Vec<_>>(),
+        "no gaps, no repeats"
+    );
+    let stored = all_messages(&alex.client, &conv).await;
+    assert_eq!(seqs(&stored), (1..=total).collect::<Vec<_>>());
+    for ack in &acks {
+        let row = &stored[ack.seq as usize - 1];
+        assert_eq!(row.id, ack.message_id, "the ack names the stored row");
+        assert_eq!(row.client_msg_id, ack.client_msg_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_msg_id_from_two_replicas_is_stored_once() {
+    const ROUNDS: usize = 10;
+    const CALLERS_PER_REPLICA: usize = 8;
+    let db = Arc::new(TestDb::new(StoreKind::Postgres).await);
+    let r1 = TestServer::spawn_on(db.clone(), &[], None).await;
+    let r2 = TestServer::spawn_on(db.clone(), &[], None).await;
+    let alex = r1.user("alex").await;
+    r1.user("riya").await;
+    let conv = alex.client.open_direct("riya").await.expect("open").id;
+
+    let mut callers = Vec::new();
+    for replica in [&r1, &r2] {
+        for _ in 0..CALLERS_PER_REPLICA {
+            callers.push(
+                Client::connect(&replica.url)
+                    .await
+                    .expect("connect")
+                    .with_token(&alex.creds.token)
+                    .expect("token"),
+            );
+        }
+    }
+    for round in 0..ROUNDS {
+        // Every caller sends the same key at the same moment, half through each replica.
+        let key = format!("retry-storm-{round}");
+        let barrier = Arc::new(tokio::sync::Barrier::new(callers.len()));
+        let sends = callers.iter().map(|client| {
+            let (client, key, barrier) = (client.clone(), key.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client
+                    .send_with_id(Target::User("riya".into()), &key, "only once")
+                    .await
+                    .expect("send")
+            })
+        });
+        let acks: Vec<proto::SendAck> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|r| r.expect("caller"))
+            .collect();
+        assert!(
+            acks.iter()
+                .all(|a| a.message_id == acks[0].message_id && a.seq == acks[0].seq),
+            "every caller gets the one stored message: {acks:?}"
+        );
+        assert_eq!(acks[0].seq, round as u64 + 1, "no seq burnt by the losers");
+    }
+    let stored = all_messages(&alex.client, &conv).await;
+    assert_eq!(seqs(&stored), (1..=ROUNDS as u64).collect::<Vec<_>>());
+    let next = alex
+        .client
+        .send(Target::User("riya".into()), "after the storm")
+        .await
+        .expect("send");
+    assert_eq!(next.seq, ROUNDS as u64 + 1);
+    r1.shutdown().await;
+    r2.shutdown().await;
+}
