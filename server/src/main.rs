@@ -6,6 +6,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use chat_server::config::{Command, Config, LogFormat};
+use chat_server::store::redacted_url;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -22,14 +23,14 @@ async fn main() -> anyhow::Result<()> {
         let url = config.resolved_database_url();
         chat_server::store::migrate(&url, &config.store_options())
             .await
-            .with_context(|| format!("migrating {}", redact(&url)))?;
-        println!("migrated {}", redact(&url));
+            .with_context(|| format!("migrating {}", redacted_url(&url)))?;
+        println!("migrated {}", redacted_url(&url));
         return Ok(());
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(database = %redact(&config.resolved_database_url()), "starting");
+    tracing::info!(database = %redacted_url(&config.resolved_database_url()), "starting");
     let running = chat_server::start(config, listener).await?;
     // Scripts that start us on port 0 read the address from this line.
     println!("listening on {}", running.addr);
@@ -44,20 +45,6 @@ async fn main() -> anyhow::Result<()> {
     running.wait().await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 async fn wait_for_signal() {

@@ -132,7 +132,7 @@ fn backend(url: &str) -> Result<Backend<'_>, StoreError> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Backend::Postgres)
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
+        Err(StoreError::UnsupportedUrl(redacted_url(url)))
     }
 }
 
@@ -141,9 +141,7 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, S
     match backend(url)? {
         Backend::Sqlite { path } => {
             create_parent_dir(path)?;
-            Ok(Arc::new(
-                sqlite::SqliteStore::open(url, options.pool_size).await?,
-            ))
+            Ok(Arc::new(sqlite::SqliteStore::open(url, options).await?))
         }
         Backend::Postgres => Ok(Arc::new(postgres::PostgresStore::open(url, options).await?)),
     }
@@ -154,11 +152,33 @@ pub async fn migrate(url: &str, options: &StoreOptions) -> Result<(), StoreError
     match backend(url)? {
         Backend::Sqlite { path } => {
             create_parent_dir(path)?;
-            let store = sqlite::SqliteStore::open(url, 1).await?;
+            let store = sqlite::SqliteStore::open(url, options).await?;
             store.close().await;
             Ok(())
         }
         Backend::Postgres => postgres::PostgresStore::migrate(url, options).await,
+    }
+}
+
+/// The URL with its password masked, for logs and error messages.
+pub fn redacted_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!(
+                "{}{user}:***@{host}{}",
+                &url[..scheme_end],
+                &url[authority_end..]
+            ),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -266,4 +286,29 @@ pub trait Store: Send + Sync + 'static {
         delivered_seq: u64,
         read_seq: u64,
     ) -> Result<Option<ReceiptUpdate>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            redacted_url("postgres://chat:s3cr3t@db:5432/chat"),
+            "postgres://chat:***@db:5432/chat"
+        );
+        assert_eq!(
+            redacted_url("postgres://chat@db/chat?sslmode=require"),
+            "postgres://chat@db/chat?sslmode=require"
+        );
+        assert_eq!(
+            redacted_url("mysql://u:p@h/x?note=a@b"),
+            "mysql://u:***@h/x?note=a@b"
+        );
+        assert_eq!(
+            redacted_url("sqlite://chat-data/chat.db"),
+            "sqlite://chat-data/chat.db"
+        );
+    }
 }

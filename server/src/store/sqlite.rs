@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{
     Appended, ConversationSummary, DeviceSession, NewMessage, Position, ReceiptUpdate, Store,
-    StoreError, UserCredentials,
+    StoreError, StoreOptions, UserCredentials,
 };
 use crate::domain::{
     ClientMsgId, ConversationId, ConversationKind, DeviceId, Message, MessageId, MessageText,
@@ -32,25 +32,28 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` and applies the migrations.
-    pub async fn open(url: &str, readers: u32) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        // As on Postgres: a call that cannot get the database within the statement
+        // timeout fails with UNAVAILABLE, and the client retries it.
+        let wait = options.statement_timeout.max(Duration::from_secs(1));
+        let connect = SqliteConnectOptions::from_str(url)
             .map_err(StoreError::Database)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(wait);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
+            .acquire_timeout(wait)
+            .connect_with(connect.clone())
             .await
             .map_err(classify)?;
         sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
-            .max_connections(readers.max(1))
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.read_only(true))
+            .max_connections(options.pool_size.max(1))
+            .acquire_timeout(wait)
+            .connect_with(connect.read_only(true))
             .await
             .map_err(classify)?;
         Ok(SqliteStore { writer, reader })
