@@ -6,7 +6,8 @@
 
 CREATE TABLE users (
     id            uuid PRIMARY KEY,
-    name          text NOT NULL UNIQUE,
+    -- Byte order, as on SQLite, whatever the database's locale (names are ASCII).
+    name          text COLLATE "C" NOT NULL UNIQUE,
     password_hash text NOT NULL,
     created_at    timestamptz NOT NULL,
     last_seen_at  timestamptz

@@ -47,7 +47,7 @@ pub struct Config {
 
     /// Longest a database statement may run (Postgres `statement_timeout`), and longest
     /// a call waits for a free connection; past it the call fails with UNAVAILABLE.
-    #[arg(long, env = "CHAT_DATABASE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "CHAT_DATABASE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_timeout, global = true)]
     pub database_statement_timeout: Duration,
 
     /// How often clients must heartbeat; sent to them when they connect.
@@ -103,6 +103,15 @@ pub struct Config {
 pub enum Command {
     /// Apply the database migrations and exit (serving applies them too).
     Migrate,
+}
+
+/// A duration of at least a millisecond (Postgres reads 0 as "no timeout").
+fn parse_timeout(raw: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(raw) {
+        Ok(d) if d >= Duration::from_millis(1) => Ok(d),
+        Ok(_) => Err(format!("{raw} is shorter than 1ms")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A positive, finite rate.

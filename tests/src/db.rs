@@ -79,10 +79,20 @@ impl TestDb {
     pub async fn postgres_on(admin_url: &str) -> Self {
         let name = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = admin_connection(admin_url).await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create the test database");
+        // A locale collation, as production databases often have, so that nothing
+        // depends on the byte order of a C-locale test server. Servers built without
+        // ICU get the template's locale.
+        let icu = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+        )))
+        .execute(&mut admin)
+        .await;
+        if icu.is_err() {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .expect("create the test database");
+        }
         TestDb {
             url: with_database(admin_url, &name),
             kind: StoreKind::Postgres,
@@ -167,14 +177,19 @@ pub struct PgCluster {
 
 impl PgCluster {
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let cluster = PgCluster { dir, port };
-        cluster.control(&["start", &cluster.port.to_string()]).await;
-        cluster
+        // A port found free may be taken before Postgres binds it: try a few.
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let cluster = PgCluster { dir, port };
+            if cluster.try_control(&["start", &port.to_string()]).await {
+                return cluster;
+            }
+        }
+        panic!("could not start a PostgreSQL cluster (see the log above)");
     }
 
     /// The URL of the cluster's `postgres` database, as its superuser.
@@ -193,14 +208,21 @@ impl PgCluster {
     }
 
     async fn control(&self, args: &[&str]) {
-        let status = tokio::process::Command::new(cluster_script())
+        assert!(
+            self.try_control(args).await,
+            "scripts/pg-cluster {args:?} failed"
+        );
+    }
+
+    async fn try_control(&self, args: &[&str]) -> bool {
+        tokio::process::Command::new(cluster_script())
             .arg(args[0])
             .arg(self.dir.path())
             .args(&args[1..])
             .status()
             .await
-            .expect("run scripts/pg-cluster");
-        assert!(status.success(), "scripts/pg-cluster {args:?} failed");
+            .expect("run scripts/pg-cluster")
+            .success()
     }
 }
 

@@ -24,6 +24,9 @@ pub fn config(database_url: &str, extra: &[&str]) -> chat_server::Config {
     let defaults = [
         ("--listen", "127.0.0.1:0"),
         ("--database-url", database_url),
+        // Tests run in parallel against one Postgres server: keep each server's share of
+        // its connections small.
+        ("--database-pool-size", "4"),
         ("--send-rate", "100000"),
         ("--send-burst", "100000"),
         ("--presence-timeout", "2s"),

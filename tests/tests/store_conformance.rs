@@ -71,6 +71,8 @@ conformance!(
     concurrent_appends_get_distinct_gapless_seqs,
     concurrent_duplicates_store_one_row,
     sending_marks_own_message_read_only_when_caught_up,
+    concurrent_sends_from_one_sender_keep_their_own_messages_read,
+    members_are_ordered_by_name_bytes,
     append_to_a_missing_conversation_fails_cleanly,
     history_pages_both_ways,
     receipts_clamp_and_only_move_forward,
@@ -445,6 +447,55 @@ async fn sending_marks_own_message_read_only_when_caught_up(store: &dyn Store) {
         .expect("m")
         .expect("member");
     assert_eq!((riya_pos.delivered_seq, riya_pos.read_seq), (0, 0));
+}
+
+async fn concurrent_sends_from_one_sender_keep_their_own_messages_read(store: &dyn Store) {
+    // One user sending from several devices at once: each send must see the previous
+    // one's watermark move, or their own messages would turn unread for good.
+    let (alex, _riya, conv) = pair(store).await;
+    let sends = (0..50).map(|i| {
+        store.append_message(NewMessage {
+            conversation_id: conv,
+            sender: alex.clone(),
+            client_msg_id: key(&format!("d{i}")),
+            text: text("from one of my devices"),
+        })
+    });
+    for result in futures::future::join_all(sends).await {
+        result.expect("append");
+    }
+    let own = store
+        .membership(conv, alex.id)
+        .await
+        .expect("m")
+        .expect("member");
+    assert_eq!((own.delivered_seq, own.read_seq), (50, 50));
+    assert_eq!(send(store, conv, &alex, "after", "and one more").await, 51);
+    let own = store
+        .membership(conv, alex.id)
+        .await
+        .expect("m")
+        .expect("member");
+    assert_eq!((own.delivered_seq, own.read_seq), (51, 51));
+}
+
+async fn members_are_ordered_by_name_bytes(store: &dyn Store) {
+    // In bytes '-' < '_'; a locale collation (the Postgres test databases use ICU
+    // en-US) puts "a_b" first.
+    let underscore = user(store, "a_b").await;
+    let dash = user(store, "a-c").await;
+    let conv = store
+        .ensure_direct(dash.id, underscore.id)
+        .await
+        .expect("open");
+    let names: Vec<String> = store
+        .members(conv)
+        .await
+        .expect("members")
+        .iter()
+        .map(|r| r.user.name.as_str().to_owned())
+        .collect();
+    assert_eq!(names, vec!["a-c".to_owned(), "a_b".to_owned()]);
 }
 
 async fn append_to_a_missing_conversation_fails_cleanly(store: &dyn Store) {

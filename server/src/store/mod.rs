@@ -156,7 +156,7 @@ pub async fn migrate(url: &str, options: &StoreOptions) -> Result<(), StoreError
             store.close().await;
             Ok(())
         }
-        Backend::Postgres => postgres::PostgresStore::migrate(url, options).await,
+        Backend::Postgres => postgres::PostgresStore::migrate(url).await,
     }
 }
 

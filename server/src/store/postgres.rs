@@ -11,9 +11,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::time::OffsetDateTime;
+use sqlx::{ConnectOptions, Connection, Row};
 use uuid::Uuid;
 
 use super::{
@@ -33,22 +33,33 @@ impl PostgresStore {
     /// Connects to `url` and applies the migrations (under sqlx's advisory lock, so
     /// replicas starting together migrate once).
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
-        let pool = connect(url, options).await?;
-        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool })
+        Self::migrate(url).await?;
+        Ok(PostgresStore {
+            pool: connect(url, options).await?,
+        })
     }
 
-    /// Applies the migrations and disconnects: `chat-server migrate`.
-    pub async fn migrate(url: &str, options: &StoreOptions) -> Result<(), StoreError> {
-        let pool = connect(url, options).await?;
-        let result = sqlx::migrate!("../migrations/postgres").run(&pool).await;
-        pool.close().await;
+    /// Applies the migrations on a connection of its own, without the statement
+    /// timeout: waiting for another replica's migration (sqlx's advisory lock) or
+    /// building an index may take longer than any request should.
+    pub async fn migrate(url: &str) -> Result<(), StoreError> {
+        let mut conn = PgConnectOptions::from_str(url)
+            .map_err(StoreError::Database)?
+            .application_name("chat-server migrate")
+            .connect()
+            .await
+            .map_err(classify)?;
+        let result = sqlx::migrate!("../migrations/postgres")
+            .run(&mut conn)
+            .await;
+        let _ = conn.close().await;
         Ok(result?)
     }
 }
 
 async fn connect(url: &str, options: &StoreOptions) -> Result<PgPool, StoreError> {
-    let timeout_ms = options.statement_timeout.as_millis().to_string();
+    // At least 1 ms: a statement_timeout of 0 would mean "no timeout".
+    let timeout_ms = options.statement_timeout.as_millis().max(1).to_string();
     let connect = PgConnectOptions::from_str(url)
         .map_err(StoreError::Database)?
         .application_name("chat-server")
@@ -93,7 +104,8 @@ fn is_transient_sqlstate(code: &str) -> bool {
     code.starts_with("08") // connection exception
         || matches!(
             code,
-            "40001" // serialization_failure
+            "25006" // read_only_sql_transaction: a standby, e.g. mid-failover
+            | "40001" // serialization_failure
             | "40P01" // deadlock_detected
             | "53300" // too_many_connections
             | "55P03" // lock_not_available
@@ -167,20 +179,38 @@ const FIND_SENT: &str = "SELECT m.conversation_id, m.seq, m.id, m.sender_id, u.n
      FROM messages m JOIN users u ON u.id = m.sender_id \
      WHERE m.conversation_id = $1 AND m.sender_id = $2 AND m.client_msg_id = $3";
 
-/// One send in one statement. The UPDATE takes the conversation's row lock, so
-/// concurrent sends to one conversation queue here and each sees the previous
-/// `last_seq`; the INSERT and the sender's watermark move commit with it or not at all.
-const APPEND: &str = "WITH c AS ( \
+/// One send in one statement, so it is atomic and needs no explicit transaction.
+///
+/// - `prior`: a retry of a stored send finds its original here and changes nothing
+///   (no lock, no seq). It reads the statement's snapshot, so two copies racing each
+///   other both miss it: then the unique key stops the second, and the whole statement
+///   rolls back (no seq burnt).
+/// - `c`: the UPDATE takes the conversation's row lock, so concurrent sends to one
+///   conversation queue here, and each increments the latest committed `last_seq`.
+/// - `own`: the sender's own message is not unread for them, but only when they had
+///   read everything before it. The condition sits in the SET, not the WHERE: after
+///   waiting on the lock, Postgres re-evaluates SET expressions on the newest row
+///   version, while a WHERE that failed on the old snapshot would skip the row for good.
+const APPEND: &str = "WITH prior AS ( \
+         SELECT seq, id, body, created_at FROM messages \
+         WHERE conversation_id = $1 AND sender_id = $3 AND client_msg_id = $4), \
+     c AS ( \
          UPDATE conversations SET last_seq = last_seq + 1, last_message_at = $6, \
              last_message_id = $2, last_sender_id = $3, last_client_msg_id = $4, last_body = $5 \
-         WHERE id = $1 RETURNING last_seq), \
+         WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM prior) RETURNING last_seq), \
      m AS ( \
          INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, body, created_at) \
          SELECT $1, c.last_seq, $2, $3, $4, $5, $6 FROM c RETURNING seq), \
      own AS ( \
-         UPDATE members SET delivered_seq = GREATEST(delivered_seq, m.seq), read_seq = m.seq \
-         FROM m WHERE conversation_id = $1 AND user_id = $3 AND read_seq = m.seq - 1) \
-     SELECT seq FROM m";
+         UPDATE members SET \
+             delivered_seq = CASE WHEN read_seq = m.seq - 1 \
+                 THEN GREATEST(delivered_seq, m.seq) ELSE delivered_seq END, \
+             read_seq = CASE WHEN read_seq = m.seq - 1 THEN m.seq ELSE read_seq END \
+         FROM m WHERE conversation_id = $1 AND user_id = $3) \
+     SELECT seq, NULL::uuid AS id, NULL::text AS body, NULL::timestamptz AS created_at, \
+            false AS duplicate FROM m \
+     UNION ALL \
+     SELECT seq, id, body, created_at, true FROM prior";
 
 /// A page of history after a seq: one conversation, one partition, the primary key's
 /// order. Public so that a test can assert on its plan.
@@ -537,6 +567,18 @@ impl Store for PostgresStore {
             .await
             .map_err(classify);
         match stored {
+            Ok(Some(row)) if get::<bool>(&row, "duplicate")? => Ok(Appended {
+                message: Message {
+                    conversation_id: new.conversation_id,
+                    seq: seq_col(&row, "seq")?,
+                    id: MessageId(get(&row, "id")?),
+                    sender: new.sender,
+                    client_msg_id: new.client_msg_id,
+                    text: MessageText::from_stored(get(&row, "body")?),
+                    sent_at: time_col(&row, "created_at")?,
+                },
+                duplicate: true,
+            }),
             Ok(Some(row)) => Ok(Appended {
                 message: Message {
                     conversation_id: new.conversation_id,
@@ -553,8 +595,9 @@ impl Store for PostgresStore {
                 "conversation {} does not exist",
                 new.conversation_id
             ))),
-            // The idempotency key exists: the statement rolled back whole, so the seq
-            // was not burnt; answer with the original.
+            // A copy of this send committed while this one waited for the lock: the
+            // statement rolled back whole, so the seq was not burnt; answer with the
+            // original.
             Err(StoreError::Conflict) => {
                 match self
                     .find_sent(new.conversation_id, new.sender.id, &new.client_msg_id)

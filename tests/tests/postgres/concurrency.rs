@@ -26,7 +26,12 @@ pub(crate) async fn all_messages(client: &Client, conversation_id: &str) -> Vec<
 async fn fifty_connections_sending_into_one_conversation_get_gapless_seqs() {
     const CONNECTIONS: usize = 50;
     const EACH: usize = 20;
-    let server = TestServer::spawn(StoreKind::Postgres).await;
+    const POOL: i64 = 8;
+    let server = TestServer::spawn_with(
+        StoreKind::Postgres,
+        &["--database-pool-size", &POOL.to_string()],
+    )
+    .await;
     let alex = server.user("alex").await;
     let riya = server.user("riya").await;
     let conv = alex.client.open_direct("riya").await.expect("open").id;
@@ -78,6 +83,20 @@ async fn fifty_connections_sending_into_one_conversation_get_gapless_seqs() {
         assert_eq!(row.id, ack.message_id, "the ack names the stored row");
         assert_eq!(row.client_msg_id, ack.client_msg_id);
     }
+    // 50 connections' worth of sends went through at most the configured pool (idle
+    // connections stay open, so this counts every connection the pool opened).
+    let mut db = server.db.connect_postgres().await;
+    let opened: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'chat-server'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .expect("pg_stat_activity");
+    assert!(
+        (1..=POOL).contains(&opened),
+        "{opened} connections, pool of {POOL}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
