@@ -70,8 +70,8 @@ pub struct Config {
     #[arg(long, env = "CHAT_SEND_BURST", default_value_t = 60)]
     pub send_burst: u32,
 
-    /// Lifetime of a device session token.
-    #[arg(long, env = "CHAT_TOKEN_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
+    /// Lifetime of a device session token (at most 10 years).
+    #[arg(long, env = "CHAT_TOKEN_TTL", default_value = "30days", value_parser = parse_token_ttl)]
     pub token_ttl: Duration,
 
     /// Events buffered per session before a session that does not read is closed.
@@ -110,6 +110,16 @@ fn parse_timeout(raw: &str) -> Result<Duration, String> {
     match humantime::parse_duration(raw) {
         Ok(d) if d >= Duration::from_millis(1) => Ok(d),
         Ok(_) => Err(format!("{raw} is shorter than 1ms")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A token lifetime a timestamp column can hold the end of: 1 s to 10 years.
+fn parse_token_ttl(raw: &str) -> Result<Duration, String> {
+    const MAX: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+    match humantime::parse_duration(raw) {
+        Ok(d) if (Duration::from_secs(1)..=MAX).contains(&d) => Ok(d),
+        Ok(_) => Err(format!("{raw} is not between 1s and 10 years")),
         Err(e) => Err(e.to_string()),
     }
 }
