@@ -355,3 +355,70 @@ where
         .expect("stream failed");
     unwrap(item).and_then(|f| f.kind).expect("empty frame")
 }
+
+/// A gateway running inside the test process, in front of the given replica URLs.
+pub struct TestGateway {
+    pub url: String,
+    pub running: Option<chat_gateway::Running>,
+}
+
+impl TestGateway {
+    /// Starts a gateway on port 0 with fast health checks; `extra` flags override.
+    pub async fn spawn(upstreams: &[&str], extra: &[&str]) -> Self {
+        use clap::Parser;
+        let mut args: Vec<String> = ["chat-gateway", "--listen", "127.0.0.1:0"]
+            .map(String::from)
+            .to_vec();
+        for upstream in upstreams {
+            args.extend(["--upstream".to_owned(), (*upstream).to_owned()]);
+        }
+        if !extra.contains(&"--health-interval") {
+            args.extend(["--health-interval", "200ms"].map(String::from));
+        }
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let config =
+            chat_gateway::Config::try_parse_from(args).expect("valid gateway configuration");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let running = chat_gateway::start(config, listener)
+            .await
+            .expect("gateway starts");
+        TestGateway {
+            url: format!("http://{}", running.addr),
+            running: Some(running),
+        }
+    }
+
+    pub fn upstreams(&self) -> &chat_gateway::upstream::Upstreams {
+        &self.running.as_ref().expect("gateway running").upstreams
+    }
+
+    /// Waits until the gateway routes to exactly `healthy` replicas.
+    pub async fn wait_for_healthy(&self, healthy: usize) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let now = self
+                .upstreams()
+                .all()
+                .iter()
+                .filter(|u| u.is_healthy())
+                .count();
+            if now == healthy {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway sees {now} healthy replicas, not {healthy}"
+            );
+            // Health changes arrive by polling (the gateway's checks); look again soon.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.expect("clean gateway shutdown");
+        }
+    }
+}

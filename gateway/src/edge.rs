@@ -1,0 +1,218 @@
+//! The one public port: HTTP/1.1 and HTTP/2 (cleartext) connections with bounded header
+//! reads, CORS from an allow-list, and the routing of each request: gRPC and grpc-web
+//! calls to the balancing proxy, `/healthz`, and the web client's files.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic_web::GrpcWebLayer;
+use tower::{Layer, ServiceExt};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::metrics;
+use crate::proxy::Proxy;
+use crate::upstream::Upstreams;
+
+/// What the per-request router needs.
+struct Routes {
+    grpc: tonic_web::GrpcWebService<Proxy>,
+    web: Option<ServeDir<ServeFile>>,
+    max_body_bytes: usize,
+    upstreams: Arc<Upstreams>,
+}
+
+/// Limits of the public port.
+pub(crate) struct EdgeLimits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_concurrent_streams: u32,
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// Headers a browser may send on a cross-origin call, and the ones its code may read:
+/// grpc-web carries the call's outcome in `grpc-status` / `grpc-message`.
+const ALLOWED_HEADERS: [&str; 6] = [
+    "authorization",
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "connect-protocol-version",
+];
+const EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+
+fn cors(allow_origins: &[HeaderValue]) -> CorsLayer {
+    // Credentials are never allowed: the token travels in `authorization`, set by the
+    // page's code, so a cookie-less policy is enough and an origin wildcard never used.
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allow_origins.iter().cloned()))
+        .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
+        .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(24 * 3600))
+}
+
+/// Serves the public port until `stop`, then lets open calls finish for the grace period.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    upstreams: Arc<Upstreams>,
+    allow_origins: &[HeaderValue],
+    web_root: Option<&Path>,
+    limits: EdgeLimits,
+    stop: CancellationToken,
+) {
+    let routes = Arc::new(Routes {
+        grpc: GrpcWebLayer::new().layer(Proxy::new(upstreams.clone())),
+        web: web_root.map(|root| {
+            // Unknown paths get the client's page, so its own routes survive a reload.
+            ServeDir::new(root).fallback(ServeFile::new(root.join("index.html")))
+        }),
+        max_body_bytes: limits.max_body_bytes,
+        upstreams,
+    });
+    let service = cors(allow_origins).layer(tower::service_fn(move |request| {
+        let routes = routes.clone();
+        async move { route(&routes, request).await }
+    }));
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_local_error_reset_streams(Some(1024))
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
+        }
+        let connection = builder
+            .serve_connection(
+                TokioIo::new(socket),
+                TowerToHyperService::new(service.clone()),
+            )
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("shutting down: draining connections");
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the grace period");
+    }
+}
+
+async fn route(routes: &Routes, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("application/grpc") {
+        let grpc_web = content_type.starts_with("application/grpc-web");
+        metrics::request(if grpc_web { "grpc-web" } else { "grpc" });
+        let request = if grpc_web {
+            // A browser sends a grpc-web body whole, so it can be bounded whole. A
+            // native stream lasts as long as the session; its messages are bounded by
+            // the replicas' decode limit.
+            if declared_length(&request).is_some_and(|n| n > routes.max_body_bytes) {
+                return Ok(too_large());
+            }
+            request.map(|body| Body::new(Limited::new(body, routes.max_body_bytes)))
+        } else {
+            request.map(Body::new)
+        };
+        return routes.grpc.clone().oneshot(request).await;
+    }
+    metrics::request("http");
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => Ok(health(&routes.upstreams)),
+        (&Method::GET | &Method::HEAD, _) => match &routes.web {
+            Some(web) => match web.clone().oneshot(request).await {
+                Ok(response) => Ok(response.map(Body::new)),
+                Err(never) => match never {},
+            },
+            None => Ok(plain(StatusCode::NOT_FOUND, "not found")),
+        },
+        _ => Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+    }
+}
+
+fn declared_length(request: &Request<Incoming>) -> Option<usize> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// 200 while at least one replica is healthy: what a load balancer in front asks.
+fn health(upstreams: &Upstreams) -> Response<Body> {
+    let all = upstreams.all();
+    let healthy = all.iter().filter(|u| u.is_healthy()).count();
+    let status = if healthy > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    plain(
+        status,
+        &format!("{healthy} of {} replicas healthy\n", all.len()),
+    )
+}
+
+fn too_large() -> Response<Body> {
+    metrics::body_too_large();
+    plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut response = Response::new(Body::new(http_body_util::Full::new(
+        bytes::Bytes::copy_from_slice(text.as_bytes()),
+    )));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

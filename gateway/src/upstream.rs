@@ -1,0 +1,249 @@
+//! The replicas behind the gateway: who they are (configured addresses, host names
+//! resolved again and again), whether they are healthy (gRPC health checks, plus any
+//! failed call), and how loaded they are (open calls, streams included), with the
+//! power-of-two-choices pick that balances on that load.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::metrics;
+
+/// The service whose health decides whether a replica gets traffic.
+const CHECKED_SERVICE: &str = "chat.v1.ChatService";
+
+/// One replica.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    label: String,
+    channel: Channel,
+    open: AtomicUsize,
+    healthy: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl Upstream {
+    fn new(
+        addr: SocketAddr,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, tonic::transport::Error> {
+        let label = addr.to_string();
+        // Lazy: the channel connects on first use and reconnects by itself.
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Arc::new(Upstream {
+            addr,
+            label,
+            channel,
+            open: AtomicUsize::new(0),
+            // Unknown until the first check; optimistic so that a fresh gateway serves.
+            healthy: AtomicBool::new(true),
+            stop,
+        }))
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn open_calls(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call as open until the returned guard is dropped (when the response
+    /// body ends or is abandoned, so a stream counts for as long as it is open).
+    pub fn begin_call(self: &Arc<Self>) -> CallGuard {
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::upstream_open_calls(&self.label, open);
+        CallGuard {
+            upstream: self.clone(),
+        }
+    }
+
+    /// A call failed to reach the replica: stop routing to it until a health check
+    /// passes again.
+    pub fn mark_failed(&self) {
+        self.set_healthy(false);
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
+        if was != healthy {
+            if healthy {
+                tracing::info!(upstream = %self.label, "replica healthy");
+            } else {
+                tracing::warn!(upstream = %self.label, "replica unhealthy");
+            }
+        }
+        metrics::upstream_healthy(&self.label, healthy);
+    }
+
+    async fn check_health(self: Arc<Self>, every: Duration) {
+        let mut client = HealthClient::new(self.channel.clone());
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let request = HealthCheckRequest {
+                service: CHECKED_SERVICE.to_owned(),
+            };
+            let healthy = match tokio::time::timeout(every, client.check(request)).await {
+                Ok(Ok(response)) => response.into_inner().status == ServingStatus::Serving as i32,
+                Ok(Err(_)) | Err(_) => false,
+            };
+            self.set_healthy(healthy);
+        }
+    }
+}
+
+/// Holds one open call on an upstream.
+pub struct CallGuard {
+    upstream: Arc<Upstream>,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let open = self.upstream.open.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::upstream_open_calls(&self.upstream.label, open);
+    }
+}
+
+/// The current replica set.
+pub struct Upstreams {
+    current: RwLock<Vec<Arc<Upstream>>>,
+    health_interval: Duration,
+    stop: CancellationToken,
+}
+
+impl Upstreams {
+    pub fn new(health_interval: Duration, stop: CancellationToken) -> Arc<Self> {
+        Arc::new(Upstreams {
+            current: RwLock::new(Vec::new()),
+            health_interval,
+            stop,
+        })
+    }
+
+    /// Every replica, healthy or not.
+    pub fn all(&self) -> Vec<Arc<Upstream>> {
+        match self.current.read() {
+            Ok(list) => list.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Power of two choices: two distinct healthy replicas at random, the one with fewer
+    /// open calls wins. Close to least-loaded without every caller piling onto the same
+    /// replica between two updates of the counts.
+    pub fn pick(&self) -> Option<Arc<Upstream>> {
+        let healthy: Vec<Arc<Upstream>> =
+            self.all().into_iter().filter(|u| u.is_healthy()).collect();
+        let mut rng = rand::rng();
+        match healthy.len() {
+            0 => None,
+            1 => healthy.into_iter().next(),
+            n => {
+                let a = rng.random_range(0..n);
+                let b = (a + rng.random_range(1..n)) % n;
+                let (ua, ub) = (&healthy[a], &healthy[b]);
+                Some(if ub.open_calls() < ua.open_calls() {
+                    ub.clone()
+                } else {
+                    ua.clone()
+                })
+            }
+        }
+    }
+
+    /// Makes the replica set exactly `addrs`: new ones start with a health checker,
+    /// gone ones stop theirs (their open streams carry on until they end).
+    pub fn set(&self, addrs: &HashSet<SocketAddr>) {
+        let mut list = match self.current.write() {
+            Ok(list) => list,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        list.retain(|u| {
+            let keep = addrs.contains(&u.addr);
+            if !keep {
+                tracing::info!(upstream = %u.label, "replica removed");
+                u.stop.cancel();
+                metrics::upstream_removed(&u.label);
+            }
+            keep
+        });
+        for addr in addrs {
+            if list.iter().any(|u| u.addr == *addr) {
+                continue;
+            }
+            let upstream = match Upstream::new(*addr, self.stop.child_token()) {
+                Ok(upstream) => upstream,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot use replica address");
+                    continue;
+                }
+            };
+            tracing::info!(upstream = %upstream.label, "replica added");
+            metrics::upstream_healthy(&upstream.label, true);
+            tokio::spawn(upstream.clone().check_health(self.health_interval));
+            list.push(upstream);
+        }
+        list.sort_by_key(|u| u.addr);
+    }
+}
+
+/// Resolves the configured addresses now (then says so on `first`), and again every
+/// `every`, until `stop`. A failed lookup keeps what that name resolved to last time.
+pub async fn resolve_forever(
+    upstreams: Arc<Upstreams>,
+    configured: Vec<http::Uri>,
+    every: Duration,
+    stop: CancellationToken,
+    first: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut first = Some(first);
+    let mut last: Vec<HashSet<SocketAddr>> = vec![HashSet::new(); configured.len()];
+    loop {
+        for (uri, known) in configured.iter().zip(last.iter_mut()) {
+            let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+                continue;
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            match tokio::net::lookup_host((host, port)).await {
+                Ok(addrs) => *known = addrs.collect(),
+                Err(e) => tracing::warn!(%uri, error = %e, "cannot resolve replica address"),
+            }
+        }
+        upstreams.set(&last.iter().flatten().copied().collect());
+        if let Some(first) = first.take() {
+            let _ = first.send(());
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
