@@ -358,3 +358,29 @@ async fn serves_the_web_client_with_its_routes() {
     gateway.shutdown().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_stands_for_every_address_it_resolves_to() {
+    let server = TestServer::spawn(StoreKind::Sqlite).await;
+    let port = server.url.rsplit(':').next().expect("a port").to_owned();
+    let gateway = TestGateway::spawn(&[&format!("http://localhost:{port}")], &[]).await;
+    let addrs: Vec<String> = gateway
+        .upstreams()
+        .all()
+        .iter()
+        .map(|u| u.addr.to_string())
+        .collect();
+    assert!(
+        addrs.contains(&format!("127.0.0.1:{port}")),
+        "localhost resolved to {addrs:?}"
+    );
+    // Whatever else localhost resolves to (::1, where nothing listens) fails its health
+    // check; calls go to the address that serves.
+    let client = Client::connect(&gateway.url).await.expect("connect");
+    client
+        .register("alex", "correct horse battery", "t")
+        .await
+        .expect("register through a resolved replica");
+    gateway.shutdown().await;
+    server.shutdown().await;
+}

@@ -1,0 +1,167 @@
+// The browser tests' harness: real processes (chat-server replicas, chat-gateway, the
+// `chat` CLI) built by cargo, each on port 0, and a real Chromium driven by
+// playwright-core. Everything a test starts is stopped by `cleanup()`, and every wait
+// has a deadline.
+
+import { spawn, execFile } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { promisify } from "node:util";
+import { randomUUID } from "node:crypto";
+
+export const ROOT = resolve(import.meta.dirname, "../..");
+export const DEADLINE_MS = 20_000;
+export const ARTIFACTS = join(ROOT, "target", "browser-artifacts");
+const BIN = join(ROOT, "target", process.env.CHAT_PROFILE ?? "debug");
+const run = promisify(execFile);
+
+/** Things to stop when the test ends, last started first. */
+const cleanups = [];
+
+export async function cleanup() {
+  while (cleanups.length) {
+    const undo = cleanups.pop();
+    try {
+      await undo();
+    } catch (e) {
+      console.error("cleanup:", e);
+    }
+  }
+}
+
+/** A child process that prints `listening on ADDR` once it serves. */
+class Service {
+  constructor(name, args) {
+    this.name = name;
+    this.args = args;
+    this.child = null;
+    this.addr = null;
+  }
+
+  async start() {
+    this.child = spawn(join(BIN, this.name), this.args, {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, RUST_LOG: "warn", DATABASE_URL: "" },
+    });
+    const child = this.child;
+    this.addr = await withDeadline(
+      new Promise((ok, fail) => {
+        let buffered = "";
+        child.stdout.on("data", (chunk) => {
+          buffered += chunk;
+          const found = /listening on (\S+)/.exec(buffered);
+          if (found) ok(found[1]);
+        });
+        child.on("exit", (code) => fail(new Error(`${this.name} exited (${code}) before listening`)));
+      }),
+      `${this.name} to listen`,
+    );
+    return this;
+  }
+
+  get url() {
+    return `http://${this.addr}`;
+  }
+
+  /** SIGKILL: nothing of the shutdown path runs. */
+  async kill() {
+    if (!this.child || this.child.exitCode !== null) return;
+    const exited = new Promise((ok) => this.child.once("exit", ok));
+    this.child.kill("SIGKILL");
+    await exited;
+  }
+}
+
+/** Waits for `promise`, failing with `what` after the deadline. */
+export async function withDeadline(promise, what, ms = DEADLINE_MS) {
+  let timer;
+  const timeout = new Promise((_, fail) => {
+    timer = setTimeout(() => fail(new Error(`timed out waiting for ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A private SQLite file in a temporary directory. */
+export function sqliteDatabase() {
+  const dir = mkdtempSync(join(tmpdir(), "chat-browser-"));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  return `sqlite://${join(dir, "chat.db")}`;
+}
+
+/** A fresh database on the test PostgreSQL server (DATABASE_URL, as scripts/test sets it). */
+export async function postgresDatabase() {
+  const admin = process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres";
+  const name = `chat_browser_${randomUUID().replaceAll("-", "")}`;
+  await run("psql", [admin, "-qc", `CREATE DATABASE ${name}`]);
+  cleanups.push(() => run("psql", [admin, "-qc", `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`]));
+  const url = new URL(admin);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+/** A chat-server replica on `databaseUrl`, with rate limits out of a test's way. */
+export async function startServer(databaseUrl, extra = []) {
+  const server = new Service("chat-server", [
+    "--listen", "127.0.0.1:0",
+    "--database-url", databaseUrl,
+    "--database-pool-size", "4",
+    "--send-rate", "1000", "--send-burst", "1000",
+    "--presence-timeout", "3s", "--heartbeat-interval", "1s",
+    ...extra,
+  ]);
+  await server.start();
+  cleanups.push(() => server.kill());
+  return server;
+}
+
+/** chat-gateway in front of `servers`, serving the built web client. */
+export async function startGateway(servers, extra = []) {
+  const gateway = new Service("chat-gateway", [
+    "--listen", "127.0.0.1:0",
+    ...servers.flatMap((s) => ["--upstream", s.url]),
+    "--web-root", join(ROOT, "web", "dist"),
+    "--health-interval", "200ms",
+    ...extra,
+  ]);
+  await gateway.start();
+  cleanups.push(() => gateway.kill());
+  return gateway;
+}
+
+/** The `chat` CLI as a given user, with its own config directory. */
+export function cli(gateway) {
+  const dir = mkdtempSync(join(tmpdir(), "chat-cli-"));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  return async (...args) => {
+    const { stdout } = await run(join(BIN, "chat"), ["--server", gateway.url, "--config-dir", dir, "--json", ...args], {
+      timeout: DEADLINE_MS,
+    });
+    return stdout
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => JSON.parse(line));
+  };
+}
+
+/** Headless Chromium from Debian's package. */
+export async function browser() {
+  const { chromium } = await import("playwright-core");
+  const launched = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox"],
+  });
+  cleanups.push(() => launched.close());
+  mkdirSync(ARTIFACTS, { recursive: true });
+  return launched;
+}
+
+/** Saves a screenshot of `page` as a test artifact. */
+export async function screenshot(page, name) {
+  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
