@@ -461,6 +461,8 @@ export class ChatSession {
       return;
     }
     this.#heartbeatBusy = true;
+    // Only the stream this heartbeat vouched for is restarted, never a newer one.
+    const stream = this.#stream;
     this.#backend
       .heartbeat(Math.min(intervalMs, HEARTBEAT_TIMEOUT_MS))
       .catch((e: unknown) => {
@@ -471,7 +473,10 @@ export class ChatSession {
         if (error.isAuth) {
           this.#finish("auth", error);
         } else if (error.retryable) {
-          this.#restartStream(error);
+          if (stream !== undefined && stream === this.#stream && !stream.abort.signal.aborted) {
+            stream.reason = error;
+            stream.abort.abort(error);
+          }
         } else {
           this.#emit({ type: "error", error });
         }
@@ -479,14 +484,6 @@ export class ChatSession {
       .finally(() => {
         this.#heartbeatBusy = false;
       });
-  }
-
-  #restartStream(reason: ChatError): void {
-    const stream = this.#stream;
-    if (stream !== undefined && !stream.abort.signal.aborted) {
-      stream.reason = reason;
-      stream.abort.abort(reason);
-    }
   }
 
   // --- delivery acks ---
