@@ -83,7 +83,7 @@ export interface ChatClientOptions {
   sendRetry?: Partial<RetryOptions>;
   /** Builds the transport for one base URL; grpc-web (binary) by default. */
   transport?: (baseUrl: string) => Transport;
-  /** Random source for jitter and ids' fallback; for tests. */
+  /** The random source of backoff jitter (sends and sessions); tests make it predictable. */
   random?: Random;
 }
 

@@ -64,15 +64,15 @@ export class ReceiptBook {
  * decides, as on the server. Without recipients a message is only "sent".
  */
 export function deriveStatus(seq: bigint, recipients: Iterable<Watermarks>): DeliveryStatus {
-  let any = false;
+  let anyone = false;
   let allDelivered = true;
   let allRead = true;
   for (const r of recipients) {
-    any = true;
+    anyone = true;
     allRead &&= r.readSeq >= seq;
     allDelivered &&= r.deliveredSeq >= seq || r.readSeq >= seq;
   }
-  if (!any) {
+  if (!anyone) {
     return "sent";
   }
   return allRead ? "read" : allDelivered ? "delivered" : "sent";
