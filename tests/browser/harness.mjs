@@ -19,6 +19,37 @@ const run = promisify(execFile);
 /** Things to stop when the test ends, last started first. */
 const cleanups = [];
 
+/** The scenarios of this run, in the order they were declared. */
+const scenarios = [];
+
+/** Declares a scenario; `main.mjs` runs them one after another, each with a clean slate. */
+export function test(name, body) {
+  scenarios.push({ name, body });
+}
+
+/**
+ * Runs every declared scenario whose name contains `filter`, cleaning up after each;
+ * returns how many failed. A plain loop instead of node:test, whose top-level hooks ran
+ * while a scenario was still waiting on the browser.
+ */
+export async function runScenarios(filter = "") {
+  let failed = 0;
+  for (const { name, body } of scenarios) {
+    if (!name.includes(filter)) continue;
+    const started = Date.now();
+    try {
+      await withDeadline(body(), `scenario "${name}"`, 6 * DEADLINE_MS);
+      console.log(`ok - ${name} (${Date.now() - started} ms)`);
+    } catch (e) {
+      failed += 1;
+      console.log(`not ok - ${name}\n${e?.stack ?? e}`);
+    } finally {
+      await cleanup();
+    }
+  }
+  return failed;
+}
+
 export async function cleanup() {
   while (cleanups.length) {
     const undo = cleanups.pop();
@@ -106,8 +137,9 @@ export async function postgresDatabase() {
 
 /** A chat-server replica on `databaseUrl`, with rate limits out of a test's way. */
 export async function startServer(databaseUrl, extra = []) {
+  const listen = extra.includes("--listen") ? [] : ["--listen", "127.0.0.1:0"];
   const server = new Service("chat-server", [
-    "--listen", "127.0.0.1:0",
+    ...listen,
     "--database-url", databaseUrl,
     "--database-pool-size", "4",
     "--send-rate", "1000", "--send-burst", "1000",
