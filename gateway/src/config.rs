@@ -36,7 +36,8 @@ pub struct Config {
     #[arg(long, env = "CHAT_GATEWAY_WEB_ROOT")]
     pub web_root: Option<PathBuf>,
 
-    /// An HTTP/1.1 client must send its request headers within this time.
+    /// A client must send its first bytes, and an HTTP/1.1 client its whole request
+    /// headers, within this time.
     #[arg(long, env = "CHAT_GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
@@ -52,6 +53,15 @@ pub struct Config {
     /// How often upstream host names are resolved again.
     #[arg(long, env = "CHAT_GATEWAY_RESOLVE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub resolve_interval: Duration,
+
+    /// Calls the gateway puts on one HTTP/2 connection to a replica before opening
+    /// another; keep it below the replicas' `--max-concurrent-streams` (64 by default).
+    #[arg(long, env = "CHAT_GATEWAY_STREAMS_PER_CONNECTION", default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..))]
+    pub streams_per_connection: u32,
+
+    /// Client connections served at once; more wait to be accepted.
+    #[arg(long, env = "CHAT_GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 
     /// Concurrent HTTP/2 streams allowed on one client connection.
     #[arg(

@@ -39,6 +39,7 @@ pub(crate) struct EdgeLimits {
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_concurrent_streams: u32,
+    pub(crate) max_connections: usize,
     pub(crate) shutdown_grace: Duration,
 }
 
@@ -103,7 +104,17 @@ pub(crate) async fn serve(
         .keep_alive_timeout(Duration::from_secs(10));
 
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let first_bytes = limits.header_read_timeout;
     loop {
+        // At the limit, stop accepting: new connections wait in the listen backlog.
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let (socket, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -119,15 +130,22 @@ pub(crate) async fn serve(
         if let Err(e) = socket.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
         }
-        let connection = builder
-            .serve_connection(
-                TokioIo::new(socket),
-                TowerToHyperService::new(service.clone()),
-            )
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let service = service.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let _slot = slot;
+            // hyper reads the first bytes to tell HTTP/1.1 from HTTP/2 without a
+            // deadline: a client that connects and stays silent is dropped here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(first_bytes, socket.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let connection = builder
+                .serve_connection(TokioIo::new(socket), TowerToHyperService::new(service))
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -165,7 +183,7 @@ async fn route(routes: &Routes, request: Request<Incoming>) -> Result<Response<B
     }
     metrics::request("http");
     match (request.method(), request.uri().path()) {
-        (&Method::GET, "/healthz") => Ok(health(&routes.upstreams)),
+        (&Method::GET | &Method::HEAD, "/healthz") => Ok(health(&routes.upstreams)),
         (&Method::GET | &Method::HEAD, _) => match &routes.web {
             Some(web) => match web.clone().oneshot(request).await {
                 Ok(response) => Ok(response.map(Body::new)),

@@ -69,7 +69,11 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<Running, Gat
         None => None,
     };
     let stop = CancellationToken::new();
-    let upstreams = Upstreams::new(config.health_interval, stop.child_token());
+    let upstreams = Upstreams::new(
+        config.health_interval,
+        config.streams_per_connection as usize,
+        stop.child_token(),
+    );
     // The first resolution happens before serving, so the first call has replicas.
     let resolver_stop = CancellationToken::new();
     let (resolved_tx, resolved_rx) = tokio::sync::oneshot::channel();
@@ -94,6 +98,7 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<Running, Gat
         header_read_timeout: config.header_read_timeout,
         max_body_bytes: config.max_body_bytes,
         max_concurrent_streams: config.max_concurrent_streams,
+        max_connections: config.max_connections as usize,
         shutdown_grace: config.shutdown_grace,
     };
     let task = {

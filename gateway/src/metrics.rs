@@ -17,7 +17,9 @@ pub const REFUSED: &str = "chat_gateway_calls_refused_total";
 pub const OPEN_CALLS: &str = "chat_gateway_upstream_open_calls";
 /// Gauge: 1 while an `upstream` gets traffic, 0 while it is unhealthy.
 pub const HEALTHY: &str = "chat_gateway_upstream_healthy";
-/// Counter: grpc-web requests refused for their size.
+/// Gauge: HTTP/2 connections open to each `upstream`.
+pub const CONNECTIONS: &str = "chat_gateway_upstream_connections";
+/// Counter: grpc-web requests refused for their declared size.
 pub const TOO_LARGE: &str = "chat_gateway_bodies_too_large_total";
 
 pub fn request(kind: &'static str) {
@@ -36,6 +38,10 @@ pub fn upstream_open_calls(upstream: &str, open: usize) {
     metrics::gauge!(OPEN_CALLS, "upstream" => upstream.to_owned()).set(open as f64);
 }
 
+pub fn upstream_connections(upstream: &str, connections: usize) {
+    metrics::gauge!(CONNECTIONS, "upstream" => upstream.to_owned()).set(connections as f64);
+}
+
 pub fn upstream_healthy(upstream: &str, healthy: bool) {
     metrics::gauge!(HEALTHY, "upstream" => upstream.to_owned()).set(if healthy {
         1.0
@@ -48,6 +54,7 @@ pub fn upstream_healthy(upstream: &str, healthy: bool) {
 pub fn upstream_removed(upstream: &str) {
     metrics::gauge!(HEALTHY, "upstream" => upstream.to_owned()).set(0.0);
     metrics::gauge!(OPEN_CALLS, "upstream" => upstream.to_owned()).set(0.0);
+    metrics::gauge!(CONNECTIONS, "upstream" => upstream.to_owned()).set(0.0);
 }
 
 pub fn body_too_large() {

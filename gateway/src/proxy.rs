@@ -45,10 +45,10 @@ impl Service<Request<Body>> for Proxy {
                 Ok(tonic::Status::unavailable("no healthy chat server; retry").into_http())
             });
         };
-        let guard = upstream.begin_call();
+        let (channel, guard) = upstream.begin_call();
         metrics::call_forwarded(upstream.label());
         Box::pin(async move {
-            match upstream.channel().oneshot(request).await {
+            match channel.oneshot(request).await {
                 Ok(response) => Ok(response.map(|body| {
                     Body::new(Counted {
                         body,
@@ -56,8 +56,10 @@ impl Service<Request<Body>> for Proxy {
                     })
                 })),
                 Err(e) => {
-                    // Nothing reached a server: the client may retry at once, and this
-                    // replica gets no more calls until a health check passes.
+                    // The replica could not be reached, or the connection broke under
+                    // the call: either way the client sees a retryable status (its
+                    // retry carries the same idempotency key), and this replica gets no
+                    // more calls until a health check passes.
                     tracing::warn!(upstream = %upstream.label(), error = %e, "replica unreachable");
                     upstream.mark_failed();
                     Ok(tonic::Status::unavailable("chat server unreachable; retry").into_http())

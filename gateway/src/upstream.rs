@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rand::Rng;
@@ -25,38 +25,51 @@ const CHECKED_SERVICE: &str = "chat.v1.ChatService";
 pub struct Upstream {
     pub addr: SocketAddr,
     label: String,
-    channel: Channel,
+    endpoint: Endpoint,
+    /// HTTP/2 connections to the replica. A replica allows a bounded number of
+    /// concurrent streams per connection (`--max-concurrent-streams`), and every browser
+    /// keeps a stream open, so calls spread over as many connections as they need.
+    connections: Mutex<Vec<Arc<Connection>>>,
+    /// For health checks only, so that a check never queues behind full connections.
+    health_channel: Channel,
+    streams_per_connection: usize,
     open: AtomicUsize,
     healthy: AtomicBool,
     stop: CancellationToken,
 }
 
+/// One HTTP/2 connection to a replica and the calls open on it.
+struct Connection {
+    channel: Channel,
+    open: AtomicUsize,
+}
+
 impl Upstream {
     fn new(
         addr: SocketAddr,
+        streams_per_connection: usize,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, tonic::transport::Error> {
         let label = addr.to_string();
-        // Lazy: the channel connects on first use and reconnects by itself.
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        // Lazy: a channel connects on first use and reconnects by itself.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(10));
         Ok(Arc::new(Upstream {
             addr,
             label,
-            channel,
+            health_channel: endpoint.connect_lazy(),
+            endpoint,
+            connections: Mutex::new(Vec::new()),
+            streams_per_connection: streams_per_connection.max(1),
             open: AtomicUsize::new(0),
-            // Unknown until the first check; optimistic so that a fresh gateway serves.
+            // Unknown until the first check, which runs at once; optimistic so that a
+            // fresh gateway serves.
             healthy: AtomicBool::new(true),
             stop,
         }))
-    }
-
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
     }
 
     pub fn label(&self) -> &str {
@@ -67,18 +80,58 @@ impl Upstream {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// HTTP/2 connections opened to the replica so far.
+    pub fn connection_count(&self) -> usize {
+        self.lock_connections().len()
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Counts a call as open until the returned guard is dropped (when the response
-    /// body ends or is abandoned, so a stream counts for as long as it is open).
-    pub fn begin_call(self: &Arc<Self>) -> CallGuard {
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Connection>>> {
+        match self.connections.lock() {
+            Ok(list) => list,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The channel for one more call, counted as open (on the replica and on its
+    /// connection) until the returned guard is dropped: when the response body ends or
+    /// is abandoned, so a stream counts for as long as it is open. The call goes on the
+    /// least busy connection, and on a new one when all are full.
+    pub fn begin_call(self: &Arc<Self>) -> (Channel, CallGuard) {
+        let connection = {
+            let mut connections = self.lock_connections();
+            let least = connections
+                .iter()
+                .min_by_key(|c| c.open.load(Ordering::Relaxed))
+                .filter(|c| c.open.load(Ordering::Relaxed) < self.streams_per_connection)
+                .cloned();
+            let connection = match least {
+                Some(connection) => connection,
+                None => {
+                    let connection = Arc::new(Connection {
+                        channel: self.endpoint.connect_lazy(),
+                        open: AtomicUsize::new(0),
+                    });
+                    connections.push(connection.clone());
+                    metrics::upstream_connections(&self.label, connections.len());
+                    connection
+                }
+            };
+            connection.open.fetch_add(1, Ordering::Relaxed);
+            connection
+        };
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::upstream_open_calls(&self.label, open);
-        CallGuard {
-            upstream: self.clone(),
-        }
+        (
+            connection.channel.clone(),
+            CallGuard {
+                upstream: self.clone(),
+                connection,
+            },
+        )
     }
 
     /// A call failed to reach the replica: stop routing to it until a health check
@@ -100,7 +153,7 @@ impl Upstream {
     }
 
     async fn check_health(self: Arc<Self>, every: Duration) {
-        let mut client = HealthClient::new(self.channel.clone());
+        let mut client = HealthClient::new(self.health_channel.clone());
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -120,13 +173,15 @@ impl Upstream {
     }
 }
 
-/// Holds one open call on an upstream.
+/// Holds one open call on an upstream and on its connection.
 pub struct CallGuard {
     upstream: Arc<Upstream>,
+    connection: Arc<Connection>,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
+        self.connection.open.fetch_sub(1, Ordering::Relaxed);
         let open = self.upstream.open.fetch_sub(1, Ordering::Relaxed) - 1;
         metrics::upstream_open_calls(&self.upstream.label, open);
     }
@@ -136,14 +191,20 @@ impl Drop for CallGuard {
 pub struct Upstreams {
     current: RwLock<Vec<Arc<Upstream>>>,
     health_interval: Duration,
+    streams_per_connection: usize,
     stop: CancellationToken,
 }
 
 impl Upstreams {
-    pub fn new(health_interval: Duration, stop: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        health_interval: Duration,
+        streams_per_connection: usize,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Upstreams {
             current: RwLock::new(Vec::new()),
             health_interval,
+            streams_per_connection,
             stop,
         })
     }
@@ -199,13 +260,14 @@ impl Upstreams {
             if list.iter().any(|u| u.addr == *addr) {
                 continue;
             }
-            let upstream = match Upstream::new(*addr, self.stop.child_token()) {
-                Ok(upstream) => upstream,
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "cannot use replica address");
-                    continue;
-                }
-            };
+            let upstream =
+                match Upstream::new(*addr, self.streams_per_connection, self.stop.child_token()) {
+                    Ok(upstream) => upstream,
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "cannot use replica address");
+                        continue;
+                    }
+                };
             tracing::info!(upstream = %upstream.label, "replica added");
             metrics::upstream_healthy(&upstream.label, true);
             tokio::spawn(upstream.clone().check_health(self.health_interval));

@@ -8,7 +8,6 @@ import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { randomUUID } from "node:crypto";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const DEADLINE_MS = 20_000;
@@ -97,7 +96,8 @@ class Service {
 
   /** SIGKILL: nothing of the shutdown path runs. */
   async kill() {
-    if (!this.child || this.child.exitCode !== null) return;
+    // A process that ended by a signal has no exit code, only a signal code.
+    if (!this.child || this.child.exitCode !== null || this.child.signalCode !== null) return;
     const exited = new Promise((ok) => this.child.once("exit", ok));
     this.child.kill("SIGKILL");
     await exited;
@@ -122,17 +122,6 @@ export function sqliteDatabase() {
   const dir = mkdtempSync(join(tmpdir(), "chat-browser-"));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   return `sqlite://${join(dir, "chat.db")}`;
-}
-
-/** A fresh database on the test PostgreSQL server (DATABASE_URL, as scripts/test sets it). */
-export async function postgresDatabase() {
-  const admin = process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres";
-  const name = `chat_browser_${randomUUID().replaceAll("-", "")}`;
-  await run("psql", [admin, "-qc", `CREATE DATABASE ${name}`]);
-  cleanups.push(() => run("psql", [admin, "-qc", `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`]));
-  const url = new URL(admin);
-  url.pathname = `/${name}`;
-  return url.toString();
 }
 
 /** A chat-server replica on `databaseUrl`, with rate limits out of a test's way. */

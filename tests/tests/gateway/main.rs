@@ -138,7 +138,7 @@ async fn native_grpc_and_grpc_web_reach_the_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_balanced_by_open_calls_and_unhealthy_replicas_are_skipped() {
-    let (r1, r2, gateway) = two_replicas(&[]).await;
+    let (r1, r2, gateway) = two_replicas(&["--streams-per-connection", "2"]).await;
     let riya = Client::connect(&gateway.url)
         .await
         .expect("connect")
@@ -166,6 +166,12 @@ async fn streams_are_balanced_by_open_calls_and_unhealthy_replicas_are_skipped()
     let on_r1 = r1.chat().hub.session_count();
     let on_r2 = r2.chat().hub.session_count();
     assert_eq!((on_r1, on_r2), (5, 5), "balanced by open streams");
+
+    // Streams spread over connections to each replica (the replicas allow 64 streams per
+    // connection): 5 streams with 2 per connection need 3 connections.
+    for upstream in gateway.upstreams().all() {
+        assert_eq!(upstream.connection_count(), 3, "{}", upstream.label());
+    }
 
     // Replica 2 goes away: the gateway stops routing to it, and calls still succeed.
     r2.shutdown().await;
@@ -274,6 +280,7 @@ async fn oversized_bodies_and_slow_headers_are_refused() {
     )
     .await;
 
+    let addr = gateway.url.trim_start_matches("http://").to_owned();
     // Declared too large: refused before anything is read or forwarded.
     let big = proto::LoginRequest {
         name: "alex".into(),
@@ -304,8 +311,15 @@ async fn oversized_bodies_and_slow_headers_are_refused() {
         "an oversized chunked body must not be served: {text}"
     );
 
+    // A client that connects and says nothing is cut off too.
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let mut nothing = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, silent.read_to_end(&mut nothing)).await;
+    assert!(closed.is_ok(), "a silent connection must not be held open");
+
     // A client that never finishes its headers is cut off by the header-read timeout.
-    let addr = gateway.url.trim_start_matches("http://").to_owned();
     let mut slow = tokio::net::TcpStream::connect(&addr)
         .await
         .expect("connect");
@@ -364,6 +378,9 @@ async fn a_host_name_stands_for_every_address_it_resolves_to() {
     let server = TestServer::spawn(StoreKind::Sqlite).await;
     let port = server.url.rsplit(':').next().expect("a port").to_owned();
     let gateway = TestGateway::spawn(&[&format!("http://localhost:{port}")], &[]).await;
+    // Whatever else localhost resolves to (::1, where nothing listens) fails its first
+    // health check; calls then go only to the address that serves.
+    gateway.wait_for_healthy(1).await;
     let addrs: Vec<String> = gateway
         .upstreams()
         .all()
@@ -374,8 +391,6 @@ async fn a_host_name_stands_for_every_address_it_resolves_to() {
         addrs.contains(&format!("127.0.0.1:{port}")),
         "localhost resolved to {addrs:?}"
     );
-    // Whatever else localhost resolves to (::1, where nothing listens) fails its health
-    // check; calls go to the address that serves.
     let client = Client::connect(&gateway.url).await.expect("connect");
     client
         .register("alex", "correct horse battery", "t")
