@@ -4,11 +4,14 @@
 
 use std::convert::Infallible;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Limited;
+use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -52,6 +55,12 @@ const ALLOWED_HEADERS: [&str; 6] = [
     "x-user-agent",
     "grpc-timeout",
     "connect-protocol-version",
+];
+/// The services the public port forwards; the replicas' reflection is not among them.
+const FORWARDED_SERVICES: [&str; 3] = [
+    "/chat.v1.AuthService/",
+    "/chat.v1.ChatService/",
+    "/grpc.health.v1.Health/",
 ];
 const EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
 
@@ -104,6 +113,8 @@ pub(crate) async fn serve(
         .keep_alive_timeout(Duration::from_secs(10));
 
     let graceful = GracefulShutdown::new();
+    // Ends the connections still open when the grace period is over.
+    let abort = CancellationToken::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let first_bytes = limits.header_read_timeout;
     loop {
@@ -133,6 +144,7 @@ pub(crate) async fn serve(
         let builder = builder.clone();
         let service = service.clone();
         let watcher = graceful.watcher();
+        let abort = abort.clone();
         tokio::spawn(async move {
             let _slot = slot;
             // hyper reads the first bytes to tell HTTP/1.1 from HTTP/2 without a
@@ -145,8 +157,13 @@ pub(crate) async fn serve(
             let connection = builder
                 .serve_connection(TokioIo::new(socket), TowerToHyperService::new(service))
                 .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = watcher.watch(connection) => {
+                    if let Err(e) = ended {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = abort.cancelled() => {}
             }
         });
     }
@@ -155,7 +172,8 @@ pub(crate) async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the grace period");
+        tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the grace period; closing them");
+        abort.cancel();
     }
 }
 
@@ -167,19 +185,37 @@ async fn route(routes: &Routes, request: Request<Incoming>) -> Result<Response<B
         .unwrap_or_default();
     if content_type.starts_with("application/grpc") {
         let grpc_web = content_type.starts_with("application/grpc-web");
+        if !FORWARDED_SERVICES
+            .iter()
+            .any(|prefix| request.uri().path().starts_with(prefix))
+        {
+            // Reflection and anything else a replica serves stay inside.
+            return Ok(tonic::Status::unimplemented("no such service").into_http());
+        }
         metrics::request(if grpc_web { "grpc-web" } else { "grpc" });
-        let request = if grpc_web {
-            // A browser sends a grpc-web body whole, so it can be bounded whole. A
-            // native stream lasts as long as the session; its messages are bounded by
+        if !grpc_web {
+            // A native stream lasts as long as the session; its messages are bounded by
             // the replicas' decode limit.
-            if declared_length(&request).is_some_and(|n| n > routes.max_body_bytes) {
-                return Ok(too_large());
-            }
-            request.map(|body| Body::new(Limited::new(body, routes.max_body_bytes)))
-        } else {
-            request.map(Body::new)
-        };
-        return routes.grpc.clone().oneshot(request).await;
+            return routes.grpc.clone().oneshot(request.map(Body::new)).await;
+        }
+        // A browser sends a grpc-web body whole, so it can be bounded whole.
+        let content_type = content_type.to_owned();
+        if declared_length(&request).is_some_and(|n| n > routes.max_body_bytes) {
+            return Ok(too_large(&content_type));
+        }
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| {
+            Body::new(Capped {
+                body: Limited::new(body, routes.max_body_bytes),
+                exceeded: exceeded.clone(),
+            })
+        });
+        let response = routes.grpc.clone().oneshot(request).await?;
+        // Cut off mid-body, the call failed upstream as a reset stream; say why instead.
+        if exceeded.load(Ordering::Relaxed) {
+            return Ok(too_large(&content_type));
+        }
+        return Ok(response);
     }
     metrics::request("http");
     match (request.method(), request.uri().path()) {
@@ -192,6 +228,42 @@ async fn route(routes: &Routes, request: Request<Incoming>) -> Result<Response<B
             None => Ok(plain(StatusCode::NOT_FOUND, "not found")),
         },
         _ => Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body bounded by `Limited` that records when the bound was hit.
+    struct Capped {
+        #[pin]
+        body: Limited<Incoming>,
+        exceeded: Arc<AtomicBool>,
+    }
+}
+
+impl http_body::Body for Capped {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &polled
+            && e.is::<LengthLimitError>()
+        {
+            this.exceeded.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -218,9 +290,16 @@ fn health(upstreams: &Upstreams) -> Response<Body> {
     )
 }
 
-fn too_large() -> Response<Body> {
+/// A grpc-web "trailers-only" answer with RESOURCE_EXHAUSTED: a grpc-web client reads the
+/// status from the headers and does not retry it, where a bare HTTP 413 would surface as
+/// UNKNOWN, which clients retry.
+fn too_large(content_type: &str) -> Response<Body> {
     metrics::body_too_large();
-    plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+    let mut response = tonic::Status::resource_exhausted("request body too large").into_http();
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Body> {

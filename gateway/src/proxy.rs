@@ -15,7 +15,7 @@ use tonic::body::Body;
 use tower::{Service, ServiceExt};
 
 use crate::metrics;
-use crate::upstream::{CallGuard, Upstreams};
+use crate::upstream::{CallGuard, Upstream, Upstreams};
 
 /// The balancing proxy: a tower service over every replica.
 #[derive(Clone)]
@@ -55,18 +55,43 @@ impl Service<Request<Body>> for Proxy {
                         _guard: guard,
                     })
                 })),
-                Err(e) => {
-                    // The replica could not be reached, or the connection broke under
-                    // the call: either way the client sees a retryable status (its
-                    // retry carries the same idempotency key), and this replica gets no
-                    // more calls until a health check passes.
-                    tracing::warn!(upstream = %upstream.label(), error = %e, "replica unreachable");
-                    upstream.mark_failed();
-                    Ok(tonic::Status::unavailable("chat server unreachable; retry").into_http())
-                }
+                Err(e) => Ok(failed_call(&upstream, &e).into_http()),
             }
         })
     }
+}
+
+/// What the client hears when forwarding failed, and whether the replica is to blame.
+///
+/// Only a broken connection to the replica takes it out of rotation: a failure caused
+/// by the request itself (a body over the limit, a client that reset its stream) must
+/// not, or any client could switch replicas off at will. (A body over the limit reaches
+/// here as a reset stream; `edge.rs` notices it on its side and answers for it.)
+fn failed_call(upstream: &Upstream, error: &(dyn std::error::Error + 'static)) -> tonic::Status {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::NotConnected
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            // Its retry carries the same idempotency key, so the client may retry at once;
+            // this replica gets no more calls until a health check passes.
+            tracing::warn!(upstream = %upstream.label(), error = %error, "replica unreachable");
+            upstream.mark_failed();
+            return tonic::Status::unavailable("chat server unreachable; retry");
+        }
+        source = e.source();
+    }
+    tracing::debug!(upstream = %upstream.label(), error = %error, "call failed in transit");
+    tonic::Status::unavailable("call failed in transit; retry")
 }
 
 pin_project_lite::pin_project! {

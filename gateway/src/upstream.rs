@@ -164,7 +164,9 @@ impl Upstream {
             let request = HealthCheckRequest {
                 service: CHECKED_SERVICE.to_owned(),
             };
-            let healthy = match tokio::time::timeout(every, client.check(request)).await {
+            // A busy replica may answer slowly; only a missing answer is a failure.
+            let patience = every.max(Duration::from_secs(1));
+            let healthy = match tokio::time::timeout(patience, client.check(request)).await {
                 Ok(Ok(response)) => response.into_inner().status == ServingStatus::Serving as i32,
                 Ok(Err(_)) | Err(_) => false,
             };

@@ -281,7 +281,8 @@ async fn oversized_bodies_and_slow_headers_are_refused() {
     .await;
 
     let addr = gateway.url.trim_start_matches("http://").to_owned();
-    // Declared too large: refused before anything is read or forwarded.
+    // Declared too large: refused before anything is read or forwarded, with a status a
+    // grpc-web client does not retry.
     let big = proto::LoginRequest {
         name: "alex".into(),
         password: "x".repeat(4096),
@@ -289,9 +290,14 @@ async fn oversized_bodies_and_slow_headers_are_refused() {
     };
     let reply: GrpcWebReply<proto::LoginResponse> =
         grpc_web_call(&gateway.url, "/chat.v1.AuthService/Login", None, None, &big).await;
-    assert_eq!(reply.http_status, 413, "{reply:?}");
+    assert_eq!(
+        reply.status.as_deref(),
+        Some("8"),
+        "RESOURCE_EXHAUSTED: {reply:?}"
+    );
 
-    // Too large without a declared length (chunked): the call fails, nothing is served.
+    // Too large without a declared length (chunked): cut off while it is read, with the
+    // same status; and the replica is not blamed for it.
     let mut frame = vec![0u8];
     let encoded = big.encode_to_vec();
     frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
@@ -307,8 +313,28 @@ async fn oversized_bodies_and_slow_headers_are_refused() {
     let reply = grpc_web::raw_exchange(&gateway.url, &bytes).await;
     let text = String::from_utf8_lossy(&reply).to_ascii_lowercase();
     assert!(
-        !text.contains("grpc-status:0") && !text.contains("grpc-status: 0"),
-        "an oversized chunked body must not be served: {text}"
+        text.contains("grpc-status: 8") || text.contains("grpc-status:8"),
+        "an oversized chunked body gets RESOURCE_EXHAUSTED: {text}"
+    );
+    assert!(
+        gateway.upstreams().all().iter().all(|u| u.is_healthy()),
+        "a client's oversized body must not take a replica out of rotation"
+    );
+
+    // Reflection stays inside: only the chat and health services are forwarded.
+    let reflection = proto::LoginRequest::default();
+    let reply: GrpcWebReply<proto::LoginResponse> = grpc_web_call(
+        &gateway.url,
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        None,
+        None,
+        &reflection,
+    )
+    .await;
+    assert_eq!(
+        reply.status.as_deref(),
+        Some("12"),
+        "UNIMPLEMENTED: {reply:?}"
     );
 
     // A client that connects and says nothing is cut off too.
