@@ -34,13 +34,29 @@ export const ME = { id: "u-me", name: "me" };
 export const RIYA = { id: "u-riya", name: "riya" };
 export const TOKEN = "ct_test";
 
-/** Rejects with a clear message if `promise` does not settle within `ms`. */
+// Captured when this module loads, so deadlines run on real time even in a test that fakes
+// the timers (and do not count among the fake timers it inspects).
+const realSetTimeout = globalThis.setTimeout;
+const realClearTimeout = globalThis.clearTimeout;
+
+/** Rejects with a clear message if `promise` does not settle within `ms` (real time). */
 export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+    timer = realSetTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
   });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+  return Promise.race([promise, deadline]).finally(() => realClearTimeout(timer));
+}
+
+/**
+ * Lets in-flight work finish: a few turns of the real event loop, enough for the in-memory
+ * transport to deliver a call that has been started. For checking that something does *not*
+ * happen; waiting for something that does is `Inbox.next` / `EventLog.next`.
+ */
+export async function settle(turns = 10): Promise<void> {
+  for (let i = 0; i < turns; i++) {
+    await new Promise<void>((resolve) => realSetTimeout(resolve, 0));
+  }
 }
 
 /** A queue of items that tests fill and code under test awaits, with a deadline. */

@@ -21,13 +21,40 @@ describe("Cursors", () => {
       { $typeName: "chat.v1.Cursor", conversationId: "a", seq: 7n },
       { $typeName: "chat.v1.Cursor", conversationId: "b", seq: 9007199254740993n },
     ]);
-    const json = JSON.parse(JSON.stringify(c)) as Record<string, string>;
-    expect(json).toEqual({ a: "7", b: "9007199254740993" });
+    const json = JSON.parse(JSON.stringify(c)) as unknown;
+    expect(json).toEqual({ complete: false, seqs: { a: "7", b: "9007199254740993" } });
     const back = Cursors.fromJSON(json);
     expect(back.toProto().map((x) => [x.conversationId, x.seq])).toEqual([
       ["a", 7n],
       ["b", 9007199254740993n],
     ]);
+    expect(back.complete).toBe(false);
+  });
+
+  it("are complete only once marked, and keep it through clone and JSON", () => {
+    const c = new Cursors();
+    c.advance("a", 4n);
+    expect(c.complete).toBe(false);
+    expect(c.clone().complete).toBe(false);
+    c.markComplete();
+    c.advance("b", 1n);
+    expect(c.complete).toBe(true);
+    expect(c.clone().complete).toBe(true);
+    const json = JSON.parse(JSON.stringify(c)) as unknown;
+    expect(json).toEqual({ complete: true, seqs: { a: "4", b: "1" } });
+    const back = Cursors.fromJSON(json);
+    expect([back.complete, back.get("a"), back.get("b")]).toEqual([true, 4n, 1n]);
+    expect(Cursors.fromProto(c.toProto()).complete).toBe(false);
+  });
+
+  it("read the older bare-map JSON as incomplete, and skip what does not parse", () => {
+    const old = Cursors.fromJSON({ a: "7", b: "x", complete: "3" });
+    expect([old.complete, old.size, old.get("a"), old.get("complete")]).toEqual([false, 2, 7n, 3n]);
+    const odd = Cursors.fromJSON({ complete: "yes", seqs: { a: "-1", b: "2" } });
+    expect([odd.complete, odd.size, odd.get("b")]).toEqual([false, 1, 2n]);
+    for (const junk of [null, 7, "a", ["1"]]) {
+      expect(Cursors.fromJSON(junk).size).toBe(0);
+    }
   });
 
   it("clone independently", () => {

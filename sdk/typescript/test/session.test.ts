@@ -3,9 +3,17 @@
  * de-duplication across reconnects, URL rotation, the outbox, acks, heartbeats, and the
  * end on UNAUTHENTICATED. Every wait is on an event, with a deadline.
  */
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 
-import { ChatClient, ChatError, Code, Cursors, type ChatSession, type SessionOptions } from "../src/index.js";
+import {
+  ChatClient,
+  ChatError,
+  Code,
+  Cursors,
+  type ChatSession,
+  type ConnectionState,
+  type SessionOptions,
+} from "../src/index.js";
 import { EventLog } from "./event-log.js";
 import {
   FakeServer,
@@ -14,6 +22,7 @@ import {
   messageFrame,
   presenceFrame,
   receiptFrame,
+  settle,
   typingFrame,
   welcome,
   within,
@@ -21,12 +30,30 @@ import {
 
 const FAST: SessionOptions = { reconnect: { initialMs: 8, maxMs: 40 }, sendRetry: { initialMs: 4, maxMs: 20 } };
 
+/** The longest reconnection delay a session ever waits (the default maximum backoff). */
+const MAX_BACKOFF_MS = 30_000;
+
 const sessions: ChatSession[] = [];
 afterEach(() => {
   for (const s of sessions.splice(0)) {
     s.close();
   }
+  vi.useRealTimers();
 });
+
+/**
+ * Fakes the timers the session uses (backoff, heartbeats, acks), so a test can step past
+ * any delay and count what is left; test deadlines (`within`) keep running on real time.
+ */
+function fakeTimers(): void {
+  vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval"] });
+}
+
+/** Advances fake time by `ms`, then lets whatever that started finish. */
+async function pass(ms: number): Promise<void> {
+  await vi.advanceTimersByTimeAsync(ms);
+  await settle();
+}
 
 function open(
   server: FakeServer,
@@ -102,13 +129,55 @@ describe("ChatSession", () => {
 
   it("resumes from the cursors of an earlier session", async () => {
     const server = new FakeServer();
-    const cursors = Cursors.fromJSON({ c1: "10" });
+    const cursors = Cursors.fromJSON({ complete: true, seqs: { c1: "10" } });
     const { log } = open(server, { cursors });
     const stream = await server.subscribes.next("subscribe");
     expect(stream.cursors).toEqual([["c1", 10n]]);
     stream.push(welcome(), messageFrame("c1", 10n), messageFrame("c1", 11n), caughtUp(["c1", 11n]));
     await log.next("caughtUp");
     expect(log.messages()).toEqual(["c1:11"]);
+  });
+
+  it("exports cursors as incomplete before caught_up, and a later session does not send them", async () => {
+    const server = new FakeServer();
+    const { session: first, log: firstLog } = open(server);
+    const stream = await server.subscribes.next("first session's subscribe");
+    stream.push(welcome(), messageFrame("c1", 1n));
+    await firstLog.next("message");
+    const partial = first.cursors();
+    expect(partial.complete).toBe(false);
+    expect(JSON.parse(JSON.stringify(partial))).toEqual({ complete: false, seqs: { c1: "1" } });
+    first.close();
+
+    // Sending {c1: 1} would make the server replay every other conversation from seq 1.
+    const { session, log } = open(server, { cursors: partial });
+    const second = await server.subscribes.next("second session's subscribe");
+    expect(second.cursors).toEqual([]);
+    // Resumed after the delivered watermarks: what the saved cursors hold is still dropped.
+    second.push(welcome(), messageFrame("c1", 1n), messageFrame("c1", 2n), messageFrame("c2", 1n));
+    second.push(caughtUp(["c1", 2n], ["c2", 1n]));
+    const caught = await log.next("caughtUp");
+    expect(log.messages()).toEqual(["c1:2", "c2:1"]);
+    expect(caught.cursors.complete).toBe(true);
+    expect(session.cursors().toJSON()).toEqual({ complete: true, seqs: { c1: "2", c2: "1" } });
+
+    // Complete now: a third session resumes from them.
+    const { session: third } = open(server, { cursors: Cursors.fromJSON(JSON.parse(JSON.stringify(session.cursors()))) });
+    expect((await server.subscribes.next("third session's subscribe")).cursors).toEqual([
+      ["c1", 2n],
+      ["c2", 1n],
+    ]);
+    third.close();
+  });
+
+  it("treats cursors saved in the old bare-map form as incomplete, but still drops what they hold", async () => {
+    const server = new FakeServer();
+    const { log } = open(server, { cursors: Cursors.fromJSON({ c1: "3" }) });
+    const stream = await server.subscribes.next("subscribe");
+    expect(stream.cursors).toEqual([]);
+    stream.push(welcome(), messageFrame("c1", 3n), messageFrame("c1", 4n), caughtUp(["c1", 4n]));
+    await log.next("caughtUp");
+    expect(log.messages()).toEqual(["c1:4"]);
   });
 
   it("reconnects after a stream the server ended normally", async () => {
@@ -202,30 +271,89 @@ describe("ChatSession", () => {
     const server = new FakeServer();
     const { session } = open(server);
     (await server.subscribes.next("subscribe")).push(welcome());
-    server.failSends = [Code.ResourceExhausted];
-    const refused = session.send({ user: "riya" }, "too fast");
+    server.failSends = [Code.InvalidArgument];
+    const refused = session.send({ user: "riya" }, "refused");
     const next = session.send({ user: "riya" }, "later");
-    await expect(refused).rejects.toMatchObject({ code: Code.ResourceExhausted });
+    await expect(refused).rejects.toMatchObject({ code: Code.InvalidArgument });
     expect((await next).seq).toBe(2n);
+    expect(server.sends.items.length).toBe(2);
+  });
+
+  it("retries rate-limited sends with backoff: a queue drained after a long offline period loses nothing", async () => {
+    const server = new FakeServer();
+    const { session } = open(server);
+    const stream = await server.subscribes.next("subscribe");
+    // Queued while connecting, then sent into the server's rate limit.
+    const sends = ["a", "b", "c"].map((id) => session.send({ user: "riya" }, `text ${id}`, { clientMsgId: id }));
+    server.failSends = [Code.ResourceExhausted, Code.ResourceExhausted, Code.ResourceExhausted, Code.ResourceExhausted];
+    stream.push(welcome());
+    const acks = await within(Promise.all(sends), 5_000, "every queued send");
+    expect(acks.map((a) => [a.clientMsgId, a.seq])).toEqual([
+      ["a", 1n],
+      ["b", 2n],
+      ["c", 3n],
+    ]);
+    expect(server.sends.items.map((s) => s.message.clientMsgId)).toEqual(["a", "a", "a", "a", "a", "b", "c"]);
+    expect(session.pendingSends()).toEqual([]);
+  });
+
+  it("gives up on a send after 3 UNKNOWN failures, reports it, and goes on with the next", async () => {
+    const server = new FakeServer();
+    const { session, log } = open(server);
+    (await server.subscribes.next("subscribe")).push(welcome());
+    await log.state("online");
+    // E.g. a gateway answering HTTP 500 to this request: retrying it forever would block every later send.
+    server.failSends = [Code.Unknown, Code.Unknown, Code.Unknown];
+    const stuck = session.send({ user: "riya" }, "stuck", { clientMsgId: "stuck" });
+    const next = session.send({ user: "riya" }, "next", { clientMsgId: "next" });
+    await expect(within(stuck, 5_000, "the stuck send")).rejects.toMatchObject({ code: Code.Unknown });
+    const reported = await log.next("error");
+    expect([reported.clientMsgId, reported.error.code]).toEqual(["stuck", Code.Unknown]);
+    expect((await within(next, 5_000, "the next send")).clientMsgId).toBe("next");
+    expect(server.sends.items.map((s) => s.message.clientMsgId)).toEqual(["stuck", "stuck", "stuck", "next"]);
+    // The connection was checked before each UNKNOWN counted, and found healthy.
+    expect(server.heartbeats.items.length).toBe(3);
+    expect(server.subscribes.items.length).toBe(1);
+  });
+
+  it("does not count an UNKNOWN against a send when the connection itself is down", async () => {
+    const server = new FakeServer();
+    const { session, log } = open(server);
+    const first = await server.subscribes.next("subscribe");
+    first.push(welcome());
+    await log.state("online");
+    // A fetch on a dead network fails with UNKNOWN too, and so does the check that follows.
+    server.failSends = [Code.Unknown, Code.Unknown, Code.Unknown];
+    server.failHeartbeats = [Code.Unknown];
+    const sent = session.send({ user: "riya" }, "through a blip", { clientMsgId: "blip" });
+    await log.state("reconnecting");
+    (await server.subscribes.next("a new subscribe")).push(welcome());
+    const ack = await within(sent, 5_000, "the send");
+    expect([ack.seq, ack.duplicate]).toEqual([1n, true]);
+    expect(server.sends.items.map((s) => s.message.clientMsgId)).toEqual(["blip", "blip", "blip", "blip"]);
+    expect(log.events.some((e) => e.type === "error")).toBe(false);
   });
 
   it("acknowledges delivery, coalesced per conversation", async () => {
+    fakeTimers();
     const server = new FakeServer();
     const { log } = open(server);
     const stream = await server.subscribes.next("subscribe");
     const burst = [1n, 2n, 3n, 4n, 5n].map((s) => messageFrame("c1", s));
     stream.push(welcome(), ...burst, messageFrame("c2", 1n), messageFrame("c2", 2n), caughtUp(["c1", 5n], ["c2", 2n]));
     await log.next("caughtUp");
-
-    const acked = new Map<string, bigint>();
-    while ((acked.get("c1") ?? 0n) < 5n || (acked.get("c2") ?? 0n) < 2n) {
-      const ack = await server.acks.next("acks up to c1:5 and c2:2");
-      expect(ack.seq).toBeGreaterThan(acked.get(ack.conversationId) ?? 0n);
-      acked.set(ack.conversationId, ack.seq);
-    }
-    expect(server.acks.items.length).toBeLessThan(7);
+    // The flush waits for a timer, so the whole burst is in before anything is acknowledged...
+    expect(server.acks.items).toEqual([]);
+    await pass(0);
+    // ...and then it costs exactly one Ack per conversation, at the highest seq.
+    expect(server.acks.items).toEqual([
+      { conversationId: "c1", seq: 5n },
+      { conversationId: "c2", seq: 2n },
+    ]);
     // The session reports its own delivered watermark from the answers.
     await log.next("receipt", (e) => e.receipt.conversationId === "c1" && e.receipt.deliveredSeq === 5n);
+    await pass(MAX_BACKOFF_MS);
+    expect(server.acks.items.length).toBe(2);
   });
 
   it("does not acknowledge when auto-ack is off", async () => {
@@ -274,6 +402,7 @@ describe("ChatSession", () => {
   });
 
   it("stops for good on UNAUTHENTICATED and rejects what it still owed", async () => {
+    fakeTimers();
     const server = new FakeServer();
     const { session, log } = open(server);
     const stream = await server.subscribes.next("subscribe");
@@ -284,8 +413,11 @@ describe("ChatSession", () => {
     expect(closed.error?.isAuth).toBe(true);
     await expect(unsent).rejects.toMatchObject({ code: Code.Unauthenticated });
     expect(await session.closed).toBe(closed);
-    // The loop has returned: nothing reconnects and nothing more is sent.
+    // The loop has returned: nothing reconnects, even once any backoff would have run out,
+    // and nothing more is sent.
+    await pass(MAX_BACKOFF_MS + 1_000);
     expect(server.subscribes.items.length).toBe(1);
+    expect(vi.getTimerCount()).toBe(0);
     expect(log.events.some((e) => e.type === "state" && e.state.status === "reconnecting")).toBe(false);
     await expect(session.send({ user: "riya" }, "after")).rejects.toBeInstanceOf(ChatError);
   });
@@ -300,6 +432,7 @@ describe("ChatSession", () => {
   });
 
   it("closes on request: the stream is cancelled and pending sends are rejected", async () => {
+    fakeTimers();
     const server = new FakeServer();
     const { session, log } = open(server);
     const stream = await server.subscribes.next("subscribe");
@@ -308,6 +441,77 @@ describe("ChatSession", () => {
     expect((await log.state("closed")).reason).toBe("closed");
     await expect(unsent).rejects.toMatchObject({ kind: "sessionClosed" });
     await within(stream.cancelled(), 5_000, "the stream to be cancelled");
+    await pass(MAX_BACKOFF_MS + 1_000);
+    expect(server.subscribes.items.length).toBe(1);
+    expect(log.events.some((e) => e.type === "state" && e.state.status === "reconnecting")).toBe(false);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  describe("closed from a state listener", () => {
+    /** Opens a session that closes itself from a listener on the first state matching `when`. */
+    function closingOn(server: FakeServer, when: (state: ConnectionState) => boolean, options: SessionOptions = {}) {
+      const opened = open(server, options);
+      const off = opened.session.on("state", (e) => {
+        if (when(e.state)) {
+          off();
+          opened.session.close();
+        }
+      });
+      return opened;
+    }
+
+    /** Nothing is left running: no call is made and no timer fires, however long we wait. */
+    async function expectNothingLeft(server: FakeServer, subscribes: number): Promise<void> {
+      await settle();
+      expect(vi.getTimerCount()).toBe(0);
+      await pass(MAX_BACKOFF_MS + 1_000);
+      expect(server.subscribes.items.length).toBe(subscribes);
+      expect(server.heartbeats.items).toEqual([]);
+      expect(vi.getTimerCount()).toBe(0);
+    }
+
+    it("while connecting: no Subscribe is opened", async () => {
+      fakeTimers();
+      const server = new FakeServer();
+      const { log } = closingOn(server, (s) => s.status === "connecting");
+      expect((await log.state("closed")).reason).toBe("closed");
+      await expectNothingLeft(server, 0);
+      expect(log.events.map((e) => (e.type === "state" ? e.state.status : e.type))).toEqual(["connecting", "closed"]);
+    });
+
+    it("while connecting again after a failure: no further Subscribe is opened", async () => {
+      fakeTimers();
+      const server = new FakeServer();
+      const { log } = closingOn(server, (s) => s.status === "connecting" && s.attempt === 2);
+      (await server.subscribes.next("first subscribe")).fail(Code.Unavailable);
+      await log.state("reconnecting");
+      await pass(MAX_BACKOFF_MS);
+      expect((await log.state("closed")).reason).toBe("closed");
+      await expectNothingLeft(server, 1);
+    });
+
+    it("while reconnecting: the backoff wait ends at once and nothing reconnects", async () => {
+      fakeTimers();
+      const server = new FakeServer();
+      // The longest wait there is: 15 s with random() = 0.5.
+      const reconnect = { initialMs: MAX_BACKOFF_MS, maxMs: MAX_BACKOFF_MS };
+      const { log } = closingOn(server, (s) => s.status === "reconnecting", { reconnect });
+      (await server.subscribes.next("first subscribe")).push(welcome(5)).fail(Code.Unavailable);
+      expect((await log.state("reconnecting")).delayMs).toBe(MAX_BACKOFF_MS / 2);
+      expect((await log.state("closed")).reason).toBe("closed");
+      await expectNothingLeft(server, 1);
+    });
+
+    it("when online: no heartbeat timer is left behind", async () => {
+      fakeTimers();
+      const server = new FakeServer();
+      const { log } = closingOn(server, (s) => s.status === "online");
+      const stream = await server.subscribes.next("subscribe");
+      stream.push(welcome(5));
+      expect((await log.state("closed")).reason).toBe("closed");
+      await within(stream.cancelled(), 5_000, "the stream to be cancelled");
+      await expectNothingLeft(server, 1);
+    });
   });
 
   it("can be consumed as an async iterator that ends with the session", async () => {
