@@ -295,6 +295,10 @@ async fn oversized_bodies_and_slow_headers_are_refused() {
         Some("8"),
         "RESOURCE_EXHAUSTED: {reply:?}"
     );
+    assert_eq!(
+        reply.http_status, 200,
+        "grpc-web carries the status in headers"
+    );
 
     // Too large without a declared length (chunked): cut off while it is read, with the
     // same status; and the replica is not blamed for it.
