@@ -15,6 +15,8 @@ export {
 } from "./client.js";
 export {
   ChatSession,
+  MAX_EXHAUSTED_SEND_ATTEMPTS,
+  MAX_UNKNOWN_SEND_ATTEMPTS,
   type ConnectionState,
   type PendingSend,
   type SessionBackend,
@@ -24,7 +26,7 @@ export {
   type SessionOptions,
 } from "./session.js";
 export { newClientMsgId, sendMessage, type Target } from "./messages.js";
-export { Cursors } from "./cursors.js";
+export { Cursors, type CursorsJSON } from "./cursors.js";
 export { ReceiptBook, deriveStatus, type DeliveryStatus, type Watermarks } from "./receipts.js";
 export { AckBatch } from "./acks.js";
 export { Backoff, fullJitter, type BackoffOptions, type Random } from "./backoff.js";

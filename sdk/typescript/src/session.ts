@@ -4,11 +4,13 @@
  * does for `Connect`, and adds what a browser needs on top:
  *
  * - reconnects with full-jitter exponential backoff, moving to the next base URL after each
- *   failure, and resumes from the cursors it holds, so nothing is missed or shown twice;
+ *   failure, and resumes from the cursors it holds once they are complete (after a
+ *   `caught_up`), so nothing is missed or shown twice;
  * - drops messages it already holds, by (conversation, seq), across reconnects;
  * - reports receipts only when they move forward;
  * - sends through an outbox: a message sent while disconnected, or whose Send failed with a
- *   retryable code, is sent again with the same `client_msg_id` once the stream is back;
+ *   transient code, is sent again with the same `client_msg_id` once the stream is back
+ *   (see `send` for which codes are retried, and for how long);
  * - acknowledges delivery, coalesced into one Ack per conversation per burst;
  * - heartbeats at the interval the server's `welcome` asks for;
  * - stops for good on UNAUTHENTICATED: the token is gone and retrying cannot help.
@@ -37,14 +39,17 @@ import { newClientMsgId, sendMessage, type Target } from "./messages.js";
 import { Cursors } from "./cursors.js";
 import { ChatError, Code, codeFromName } from "./errors.js";
 import { ReceiptBook } from "./receipts.js";
-import { sleep } from "./sleep.js";
+import { ChildAbort, sleep } from "./sleep.js";
 
 /** How a session behaves. */
 export interface SessionOptions {
   /**
-   * Where a previous session of this device stopped (`session.cursors()`); the stream resumes
-   * after them. Without them the server resumes after the user's delivered watermarks and
-   * older messages come from history.
+   * Where a previous session of this device stopped (`session.cursors()`, or saved with
+   * `toJSON` and read back with `Cursors.fromJSON`). Messages they hold are dropped as
+   * duplicates either way, but they are sent to the server only if they are complete
+   * (`Cursors.complete`: the previous session had caught up); then the stream resumes
+   * after them. Otherwise, as without cursors, the server resumes after the user's
+   * delivered watermarks, and older messages come from history.
    */
   cursors?: Cursors;
   /** Acknowledge delivery of every message as it arrives (what a messaging app does). On by default. */
@@ -116,11 +121,37 @@ interface OutboxEntry extends PendingSend {
   promise: Promise<SendAck>;
   resolve: (ack: SendAck) => void;
   reject: (error: ChatError) => void;
+  /** Attempts that failed with UNKNOWN while the connection worked. */
+  unknownFailures: number;
+  /** Attempts that failed with RESOURCE_EXHAUSTED. */
+  exhaustedFailures: number;
+}
+
+/** A `Subscribe` stream, and why the session aborted it (a failed heartbeat), if it did. */
+interface OpenStream {
+  abort: ChildAbort;
+  reason?: ChatError;
 }
 
 const DEFAULT_HEARTBEAT_MS = 15_000;
 /** A heartbeat that takes longer than this counts as failed: the connection is suspect. */
 const HEARTBEAT_TIMEOUT_MS = 10_000;
+/**
+ * How many times the outbox tries a send that fails with UNKNOWN while the connection
+ * works: a status that may be transient, but may as well be a gateway refusing this one
+ * request (an HTTP error maps to UNKNOWN), which retrying forever would let block every
+ * later send.
+ */
+export const MAX_UNKNOWN_SEND_ATTEMPTS = 3;
+/**
+ * How many times the outbox tries a send that fails with RESOURCE_EXHAUSTED. Mostly that
+ * is the server's rate limit, which passes (a queue drained after a long time offline runs
+ * into it): with the default delays the attempts span about 14 s on average, far longer
+ * than the limit takes to let one more message through. But the gateway also answers a
+ * body over its size limit with RESOURCE_EXHAUSTED, which no retry fixes, so the attempts
+ * are bounded.
+ */
+export const MAX_EXHAUSTED_SEND_ATTEMPTS = 10;
 
 export class ChatSession {
   /** The client this session was opened from; use it for history, conversations, presence. */
@@ -129,14 +160,13 @@ export class ChatSession {
   readonly #backend: SessionBackend;
   readonly #autoAck: boolean;
   readonly #heartbeatOverrideMs: number | undefined;
-  readonly #cursors: Cursors;
   /**
-   * Whether the cursors cover every conversation of the user. A stream that carries cursors
-   * replays a conversation without one from its start (the device "never saw it"), so
-   * partial cursors — a stream that failed before `caught_up` — are not sent; resuming from
+   * Sent when a stream starts only once complete (`Cursors.complete`). A stream that carries
+   * cursors replays a conversation without one from its start (the device "never saw it"),
+   * so partial cursors (a stream that failed before `caught_up`) are not sent; resuming from
    * the delivered watermarks instead only replays duplicates, which are dropped.
    */
-  #cursorsComplete: boolean;
+  readonly #cursors: Cursors;
   readonly #receipts = new ReceiptBook();
   readonly #acks = new AckBatch();
   readonly #reconnectBackoff: Backoff;
@@ -147,12 +177,15 @@ export class ChatSession {
   #user: User | undefined;
   readonly #listeners = new Set<(event: SessionEvent) => void>();
 
-  /** Aborted when the session ends: cuts short every wait and in-flight call. */
+  /**
+   * Aborted when the session ends: cuts short every wait and in-flight call (the stream's
+   * and the backoff's controllers abort with it).
+   */
   readonly #stop = new AbortController();
-  /** The open stream, and why the session aborted it (heartbeat failure), if it did. */
-  #stream: { abort: AbortController; reason?: ChatError } | undefined;
+  /** The open stream. */
+  #stream: OpenStream | undefined;
   /** Cuts short the wait before the next reconnection attempt. */
-  #wake: AbortController | undefined;
+  #wake: ChildAbort | undefined;
   #onlineWaiters: Array<() => void> = [];
 
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
@@ -172,7 +205,6 @@ export class ChatSession {
     this.#autoAck = options.autoAck ?? true;
     this.#heartbeatOverrideMs = options.heartbeatIntervalMs;
     this.#cursors = options.cursors?.clone() ?? new Cursors();
-    this.#cursorsComplete = this.#cursors.size > 0;
     this.#reconnectBackoff = new Backoff({ initialMs: 500, maxMs: 30_000, ...options.reconnect }, random);
     this.#sendBackoff = new Backoff({ initialMs: 250, maxMs: 5_000, ...options.sendRetry }, random);
     this.#ackBackoff = new Backoff({ initialMs: 250, maxMs: 5_000, ...options.sendRetry }, random);
@@ -197,7 +229,11 @@ export class ChatSession {
     return this.#user;
   }
 
-  /** The cursors a later session should resume from (a copy). */
+  /**
+   * The cursors a later session should resume from (a copy; save it with `toJSON`). They are
+   * complete (`Cursors.complete`) only once this session has received a `caught_up`; a later
+   * session given incomplete ones uses them only to drop duplicates, not to resume.
+   */
   cursors(): Cursors {
     return this.#cursors.clone();
   }
@@ -275,10 +311,20 @@ export class ChatSession {
 
   /**
    * Sends `text`; resolves with the server's ack. The message waits in the outbox while the
-   * session is disconnected, and a retryable failure is retried with the same
-   * `client_msg_id`, so it is stored exactly once. Sends go out one at a time, in order.
-   * Rejects on a non-retryable status, or with a "sessionClosed" error if the session ends
-   * first (send again with the same `clientMsgId` to be safe from duplicates).
+   * session is disconnected, and a failed attempt is retried with the same `client_msg_id`
+   * (with backoff), so it is stored exactly once. Sends go out one at a time, in order.
+   *
+   * - UNAVAILABLE, DEADLINE_EXCEEDED and ABORTED are transient: retried for as long as the
+   *   session is open.
+   * - RESOURCE_EXHAUSTED (the rate limit, mostly) is retried up to
+   *   `MAX_EXHAUSTED_SEND_ATTEMPTS` attempts in all, and UNKNOWN up to
+   *   `MAX_UNKNOWN_SEND_ATTEMPTS`; then the send is rejected, an "error" event carries its
+   *   `clientMsgId`, and the next send goes. An UNKNOWN while the connection itself is down
+   *   (checked with a heartbeat, which restarts the stream if it fails) does not count.
+   * - Any other status rejects at once; UNAUTHENTICATED also ends the session.
+   *
+   * Rejects with a "sessionClosed" error if the session ends first (send again with the
+   * same `clientMsgId` to be safe from duplicates).
    */
   send(target: Target, text: string, options: { clientMsgId?: string } = {}): Promise<SendAck> {
     const clientMsgId = options.clientMsgId ?? newClientMsgId();
@@ -295,7 +341,18 @@ export class ChatSession {
       resolve = res;
       reject = rej;
     });
-    this.#outbox.push({ clientMsgId, target, text, message: sendMessage(target, clientMsgId, text), promise, resolve, reject });
+    const message = sendMessage(target, clientMsgId, text);
+    this.#outbox.push({
+      clientMsgId,
+      target,
+      text,
+      message,
+      promise,
+      resolve,
+      reject,
+      unknownFailures: 0,
+      exhaustedFailures: 0,
+    });
     void this.#pump();
     return promise;
   }
@@ -324,33 +381,29 @@ export class ChatSession {
     this.#wake?.abort();
   }
 
-  /** Ends the session: the stream closes and unsent messages are rejected. */
+  /**
+   * Ends the session: the stream closes, waits end, no further call is made, and unsent
+   * messages are rejected. Safe to call at any time, from an event listener too.
+   */
   close(): void {
     this.#finish("closed");
   }
 
   // --- the connection loop ---
 
+  // Listeners run inside `#setState` and `#emit`, and may close the session there: every
+  // step after one checks `#stop` before it opens a call or starts a timer.
+
   async #run(): Promise<void> {
-    while (!this.#stop.signal.aborted) {
+    const stopped = this.#stop.signal;
+    while (!stopped.aborted) {
       const baseUrl = this.#backend.baseUrl();
       this.#setState({ status: "connecting", attempt: this.#reconnectBackoff.failures + 1, baseUrl });
-      const stream: { abort: AbortController; reason?: ChatError } = { abort: new AbortController() };
-      this.#stream = stream;
-      let failure: ChatError;
-      try {
-        const cursors = this.#cursorsComplete ? this.#cursors.toProto() : [];
-        for await (const response of this.#backend.subscribe(cursors, stream.abort.signal)) {
-          this.#onFrame(response.frame, baseUrl);
-        }
-        failure = new ChatError("status", Code.Unavailable, "the server ended the stream");
-      } catch (e) {
-        failure = stream.reason ?? ChatError.from(e);
-      } finally {
-        this.#stream = undefined;
-        this.#offline();
+      if (stopped.aborted) {
+        return;
       }
-      if (this.#stop.signal.aborted) {
+      const failure = await this.#subscribe(baseUrl);
+      if (stopped.aborted) {
         return;
       }
       if (failure.isAuth) {
@@ -360,11 +413,42 @@ export class ChatSession {
       // Another gateway may be up when this one is not.
       this.#backend.rotate();
       const delayMs = this.#reconnectBackoff.next();
-      this.#setState({ status: "reconnecting", attempt: this.#reconnectBackoff.failures + 1, delayMs, error: failure });
-      const wake = new AbortController();
+      const wake = new ChildAbort(stopped);
       this.#wake = wake;
-      await sleep(delayMs, wake.signal);
-      this.#wake = undefined;
+      try {
+        this.#setState({ status: "reconnecting", attempt: this.#reconnectBackoff.failures + 1, delayMs, error: failure });
+        if (!stopped.aborted) {
+          await sleep(delayMs, wake.signal);
+        }
+      } finally {
+        wake.release();
+        this.#wake = undefined;
+      }
+    }
+  }
+
+  /** Runs one `Subscribe` stream to its end; returns why it ended. */
+  async #subscribe(baseUrl: string): Promise<ChatError> {
+    const stopped = this.#stop.signal;
+    const stream: OpenStream = { abort: new ChildAbort(stopped) };
+    this.#stream = stream;
+    try {
+      const cursors = this.#cursors.complete ? this.#cursors.toProto() : [];
+      for await (const response of this.#backend.subscribe(cursors, stream.abort.signal)) {
+        if (stopped.aborted) {
+          break;
+        }
+        this.#onFrame(response.frame, baseUrl);
+      }
+      return new ChatError("status", Code.Unavailable, "the server ended the stream");
+    } catch (e) {
+      return stream.reason ?? ChatError.from(e);
+    } finally {
+      stream.abort.release();
+      if (this.#stream === stream) {
+        this.#stream = undefined;
+      }
+      this.#offline();
     }
   }
 
@@ -378,8 +462,9 @@ export class ChatSession {
         }
         this.#user = welcome.user;
         const serverMs = welcome.heartbeatInterval === undefined ? undefined : durationMs(welcome.heartbeatInterval);
-        this.#online(this.#heartbeatOverrideMs ?? serverMs ?? DEFAULT_HEARTBEAT_MS);
+        // The state first: the outbox and the ack flush go only when the session is online.
         this.#setState({ status: "online", baseUrl, user: welcome.user, sessionId: welcome.sessionId });
+        this.#online(this.#heartbeatOverrideMs ?? serverMs ?? DEFAULT_HEARTBEAT_MS);
         return;
       }
       case "message": {
@@ -398,10 +483,13 @@ export class ChatSession {
         for (const c of kind.value.cursors) {
           this.#cursors.advance(c.conversationId, c.seq);
         }
-        this.#cursorsComplete = true;
+        // They cover every conversation now, and every later message moves them on.
+        this.#cursors.markComplete();
         // A stream that got this far is healthy: the next failure starts the backoff over.
         this.#reconnectBackoff.reset();
-        this.#emit({ type: "caughtUp", cursors: Cursors.fromProto(kind.value.cursors) });
+        const listed = Cursors.fromProto(kind.value.cursors);
+        listed.markComplete();
+        this.#emit({ type: "caughtUp", cursors: listed });
         return;
       }
       case "receipt":
@@ -426,6 +514,10 @@ export class ChatSession {
   }
 
   #online(heartbeatMs: number): void {
+    // Closed (or the stream restarted) by a listener of the "online" state: nothing to start.
+    if (this.#stop.signal.aborted || this.#state.status !== "online") {
+      return;
+    }
     if (heartbeatMs > 0) {
       this.#heartbeatTimer = setInterval(() => this.#heartbeat(heartbeatMs), heartbeatMs);
     }
@@ -457,7 +549,7 @@ export class ChatSession {
    * without an error, so a heartbeat that fails with a retryable code restarts the stream.
    */
   #heartbeat(intervalMs: number): void {
-    if (this.#heartbeatBusy) {
+    if (this.#heartbeatBusy || this.#stop.signal.aborted) {
       return;
     }
     this.#heartbeatBusy = true;
@@ -473,10 +565,7 @@ export class ChatSession {
         if (error.isAuth) {
           this.#finish("auth", error);
         } else if (error.retryable) {
-          if (stream !== undefined && stream === this.#stream && !stream.abort.signal.aborted) {
-            stream.reason = error;
-            stream.abort.abort(error);
-          }
+          this.#restartStream(stream, error);
         } else {
           this.#emit({ type: "error", error });
         }
@@ -484,6 +573,42 @@ export class ChatSession {
       .finally(() => {
         this.#heartbeatBusy = false;
       });
+  }
+
+  /** Aborts `stream` so that `#run` opens a new one, unless a newer one has replaced it. */
+  #restartStream(stream: OpenStream | undefined, error: ChatError): void {
+    if (stream !== undefined && stream === this.#stream && !stream.abort.signal.aborted) {
+      stream.reason = error;
+      stream.abort.abort(error);
+    }
+  }
+
+  /**
+   * Whether the connection works, checked with a heartbeat. A send that failed with UNKNOWN
+   * may have met a dead network (a fetch that fails is UNKNOWN too) rather than a gateway
+   * that refuses this request. A check that fails with a retryable code restarts the
+   * stream, as a failed heartbeat does.
+   */
+  async #connectionWorks(): Promise<boolean> {
+    const stream = this.#stream;
+    try {
+      await this.#backend.heartbeat(HEARTBEAT_TIMEOUT_MS);
+      return true;
+    } catch (e) {
+      const error = ChatError.from(e);
+      if (this.#stop.signal.aborted) {
+        return false;
+      }
+      if (error.isAuth) {
+        this.#finish("auth", error);
+        return false;
+      }
+      if (error.retryable) {
+        this.#restartStream(stream, error);
+        return false;
+      }
+      return true; // The gateway answered.
+    }
   }
 
   // --- delivery acks ---
@@ -569,9 +694,18 @@ export class ChatSession {
             this.#finish("auth", error);
             return;
           }
-          if (!error.retryable) {
+          const next = await this.#afterFailure(head, error);
+          if (next !== "retry") {
+            this.#sendBackoff.reset();
             this.#settle(head, () => head.reject(error));
+            if (next === "giveUp") {
+              // Dropped after retries in the background: say so even if nobody awaits the send.
+              this.#emit({ type: "error", error, clientMsgId: head.clientMsgId });
+            }
             continue;
+          }
+          if (this.#stop.signal.aborted) {
+            return;
           }
           // Kept at the head: the next attempt (after this delay, or after the reconnect
           // if the stream has gone) reuses its client_msg_id, and later sends wait their turn.
@@ -580,6 +714,30 @@ export class ChatSession {
       }
     } finally {
       this.#pumping = false;
+    }
+  }
+
+  /**
+   * What the outbox does with `entry` after an attempt failed with `error` (see `send`):
+   * try again, give up after retrying, or fail it at once.
+   */
+  async #afterFailure(entry: OutboxEntry, error: ChatError): Promise<"retry" | "giveUp" | "fail"> {
+    switch (error.code) {
+      case Code.Unavailable:
+      case Code.DeadlineExceeded:
+      case Code.Aborted:
+        return "retry";
+      case Code.ResourceExhausted:
+        entry.exhaustedFailures += 1;
+        return entry.exhaustedFailures < MAX_EXHAUSTED_SEND_ATTEMPTS ? "retry" : "giveUp";
+      case Code.Unknown:
+        if (!(await this.#connectionWorks())) {
+          return "retry"; // Sent again once the stream is back; this attempt does not count.
+        }
+        entry.unknownFailures += 1;
+        return entry.unknownFailures < MAX_UNKNOWN_SEND_ATTEMPTS ? "retry" : "giveUp";
+      default:
+        return "fail";
     }
   }
 
@@ -622,9 +780,8 @@ export class ChatSession {
     if (this.#stop.signal.aborted) {
       return;
     }
+    // Also aborts the open stream and the backoff wait: their controllers are its children.
     this.#stop.abort();
-    this.#stream?.abort.abort();
-    this.#wake?.abort();
     this.#offline();
     const unsent = this.#outbox;
     this.#outbox = [];

@@ -10,6 +10,7 @@ import {
   ChatError,
   Code,
   Cursors,
+  MAX_EXHAUSTED_SEND_ATTEMPTS,
   type ChatSession,
   type ConnectionState,
   type SessionOptions,
@@ -107,7 +108,7 @@ describe("ChatSession", () => {
     await log.next("message", (e) => e.message.conversationId === "c1" && e.message.seq === 5n);
 
     expect(log.messages()).toEqual(["c1:1", "c1:2", "c1:3", "c1:4", "c2:6", "c1:5"]);
-    expect(session.cursors().toJSON()).toEqual({ c1: "5", c2: "6" });
+    expect(session.cursors().toJSON()).toEqual({ complete: true, seqs: { c1: "5", c2: "6" } });
   });
 
   it("does not send partial cursors when the stream failed before caught_up", async () => {
@@ -295,6 +296,20 @@ describe("ChatSession", () => {
     ]);
     expect(server.sends.items.map((s) => s.message.clientMsgId)).toEqual(["a", "a", "a", "a", "a", "b", "c"]);
     expect(session.pendingSends()).toEqual([]);
+  });
+
+  it("gives up on a send after 10 RESOURCE_EXHAUSTED failures (e.g. a body over the gateway's limit), reports it, and goes on", async () => {
+    const server = new FakeServer();
+    const { session, log } = open(server);
+    (await server.subscribes.next("subscribe")).push(welcome());
+    server.failSends = Array.from({ length: MAX_EXHAUSTED_SEND_ATTEMPTS }, () => Code.ResourceExhausted);
+    const tooBig = session.send({ user: "riya" }, "too big", { clientMsgId: "big" });
+    const next = session.send({ user: "riya" }, "next", { clientMsgId: "next" });
+    await expect(within(tooBig, 5_000, "the oversized send")).rejects.toMatchObject({ code: Code.ResourceExhausted });
+    const reported = await log.next("error");
+    expect([reported.clientMsgId, reported.error.code]).toEqual(["big", Code.ResourceExhausted]);
+    expect((await within(next, 5_000, "the next send")).clientMsgId).toBe("next");
+    expect(server.sends.items.map((s) => s.message.clientMsgId)).toEqual([...Array(10).fill("big"), "next"]);
   });
 
   it("gives up on a send after 3 UNKNOWN failures, reports it, and goes on with the next", async () => {
