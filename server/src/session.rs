@@ -181,6 +181,9 @@ impl Worker {
             .unwrap_or_default();
         let expired = tokio::time::sleep(expires_in);
         tokio::pin!(expired);
+        let quiet_for = self.chat.limits.heartbeat_interval;
+        let quiet = tokio::time::sleep(quiet_for);
+        tokio::pin!(quiet);
         loop {
             let event = tokio::select! {
                 biased;
@@ -192,9 +195,21 @@ impl Worker {
                     )));
                 }
                 event = self.inbox.recv() => event,
+                // A quiet stream says it is alive, so that a client whose transport has no
+                // pings (grpc-web over HTTP/1.1) can tell it from a dead one.
+                _ = &mut quiet => {
+                    self.emit(convert::frame(Kind::KeepAlive(pb::KeepAlive {}))).await?;
+                    quiet.as_mut().reset(tokio::time::Instant::now() + quiet_for);
+                    continue;
+                }
             };
             match event {
-                Some(event) => self.forward(event).await?,
+                Some(event) => {
+                    self.forward(event).await?;
+                    quiet
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + quiet_for);
+                }
                 None => return Err(Stop::Closed),
             }
         }

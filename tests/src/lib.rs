@@ -339,7 +339,8 @@ pub async fn raw_chat_stub(
     )
 }
 
-/// The next frame of a raw server stream with a deadline, unwrapped.
+/// The next frame of a raw server stream with a deadline, unwrapped. Keep-alives (sent
+/// when a stream is quiet) are skipped: they say nothing but "still here".
 pub async fn next_frame<S, T>(
     stream: &mut S,
     unwrap: impl Fn(T) -> Option<proto::ServerFrame>,
@@ -348,12 +349,17 @@ where
     S: futures::Stream<Item = Result<T, tonic::Status>> + Unpin,
 {
     use futures::StreamExt;
-    let item = tokio::time::timeout(DEADLINE, stream.next())
-        .await
-        .expect("timed out waiting for a frame")
-        .expect("stream ended")
-        .expect("stream failed");
-    unwrap(item).and_then(|f| f.kind).expect("empty frame")
+    loop {
+        let item = tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("stream ended")
+            .expect("stream failed");
+        match unwrap(item).and_then(|f| f.kind).expect("empty frame") {
+            proto::server_frame::Kind::KeepAlive(_) => continue,
+            kind => return kind,
+        }
+    }
 }
 
 /// A gateway running inside the test process, in front of the given replica URLs.

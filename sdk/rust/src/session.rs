@@ -365,7 +365,8 @@ async fn read_loop(
             },
             Some(Out::Presence(p)) => Event::Presence(p),
             Some(Out::Typing(t)) => Event::Typing(t),
-            Some(Out::Welcome(_)) | None => continue,
+            // Keep-alives only show the stream is alive; HTTP/2 pings do that here too.
+            Some(Out::Welcome(_)) | Some(Out::KeepAlive(_)) | None => continue,
         };
         let delivered = tokio::select! {
             _ = stop.cancelled() => false,

@@ -500,3 +500,37 @@ async fn a_half_closed_connect_stream_still_gets_its_answers() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_quiet_stream_says_it_is_alive() {
+    use chat_sdk::proto::{self, server_frame::Kind};
+    use chat_tests::{DEADLINE, raw_chat_stub};
+    use futures::StreamExt;
+
+    // Heartbeat interval 500 ms (the test default): a stream with nothing to say sends a
+    // keep-alive about that often, so a browser on HTTP/1.1 can tell it from a dead one.
+    let server = TestServer::spawn(STORE).await;
+    let riya = server.user("riya").await;
+    let mut stub = raw_chat_stub(&server.url, &riya.creds.token, None).await;
+    let mut stream = stub
+        .subscribe(proto::SubscribeRequest { cursors: vec![] })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        let frame = tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .expect("a frame in time")
+            .expect("stream open")
+            .expect("frame");
+        match frame.frame.and_then(|f| f.kind) {
+            Some(Kind::Welcome(_)) => kinds.push("welcome"),
+            Some(Kind::CaughtUp(_)) => kinds.push("caught_up"),
+            Some(Kind::KeepAlive(_)) => kinds.push("keep_alive"),
+            other => panic!("nothing else happens on this stream: {other:?}"),
+        }
+    }
+    assert_eq!(kinds, ["welcome", "caught_up", "keep_alive", "keep_alive"]);
+    server.shutdown().await;
+}
