@@ -20,6 +20,7 @@ import {
 import { ConnectionBanner } from "./banner-view.js";
 import { ConversationView, emptyChat } from "./conversation-view.js";
 import { h } from "./dom.js";
+import { describeSendError } from "./format.js";
 import { Sidebar } from "./sidebar-view.js";
 import { ChatState, type ChatMessage, type ConversationModel } from "./state.js";
 
@@ -468,18 +469,5 @@ export class ChatApp {
   #listen(target: EventTarget, type: string, listener: () => void): void {
     target.addEventListener(type, listener);
     this.#cleanups.push(() => target.removeEventListener(type, listener));
-  }
-}
-
-function describeSendError(error: ChatError): string {
-  switch (error.code) {
-    case Code.ResourceExhausted:
-      return "sending too fast";
-    case Code.InvalidArgument:
-      return error.rawMessage || "the message was refused";
-    case Code.NotFound:
-      return "this conversation is no longer available";
-    default:
-      return error.rawMessage || error.codeName;
   }
 }

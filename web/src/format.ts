@@ -1,4 +1,8 @@
-/** How times and presence read in the interface: message times, day separators, "last seen". */
+/**
+ * How things read in the interface: message times, day separators, "last seen", and why a
+ * send failed.
+ */
+import { Code, type ChatError } from "chat-sdk";
 
 const time = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 const weekday = new Intl.DateTimeFormat(undefined, { weekday: "long" });
@@ -77,4 +81,30 @@ export function presenceText(presence: { online: boolean; lastSeen: Date | undef
     return `last seen yesterday at ${time.format(seen)}`;
   }
   return `last seen on ${shortDate.format(seen)}`;
+}
+
+/**
+ * The gateway answers a request body over its size limit with RESOURCE_EXHAUSTED ("request
+ * body too large"), the same code as the server's rate limit ("too many messages; slow down
+ * and retry"): only the status message tells them apart.
+ */
+const TOO_LARGE = /too (large|big|long)|larger than/i;
+
+/**
+ * Why a send failed, under its bubble ("Not sent: …"), in words its writer can act on. The
+ * session's outbox has already retried what it could.
+ */
+export function describeSendError(error: ChatError): string {
+  switch (error.code) {
+    case Code.ResourceExhausted:
+      return TOO_LARGE.test(error.rawMessage)
+        ? "the message is too long to send; shorten it or split it into several messages"
+        : "you are sending too fast; wait a moment, then retry";
+    case Code.InvalidArgument:
+      return error.rawMessage || "the message was refused";
+    case Code.NotFound:
+      return "this conversation is no longer available";
+    default:
+      return error.rawMessage || error.codeName;
+  }
 }

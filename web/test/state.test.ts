@@ -1,13 +1,15 @@
 /**
  * The web client's model: a message seen by several paths (send answer, live stream,
  * history) appears once, ticks follow the peer's watermarks, unread counts follow the own
- * read mark, and typing expires.
+ * read mark, and typing expires; and what a failed send says.
  */
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
 
+import { ChatError, Code } from "chat-sdk";
 import { MessageSchema, ReceiptSchema, SendAckSchema } from "chat-sdk/gen/types_pb";
+import { describeSendError } from "../src/format.js";
 import { ChatState, TYPING_TTL_MS } from "../src/state.js";
 
 const ME = { $typeName: "chat.v1.User" as const, id: "u-me", name: "me" };
@@ -101,5 +103,25 @@ describe("ChatState", () => {
     state.applyMessage(message(5n));
     state.conversation("d", { ...RIYA, id: "u-sam", name: "sam" }).lastActivity = 1;
     expect(state.sortedConversations().map((c) => c.id)).toEqual(["c", "d"]);
+  });
+});
+
+describe("describeSendError", () => {
+  const status = (code: Code, message: string) => new ChatError("status", code, message);
+
+  it("tells a message over the gateway's body limit from the rate limit (both RESOURCE_EXHAUSTED)", () => {
+    expect(describeSendError(status(Code.ResourceExhausted, "request body too large"))).toBe(
+      "the message is too long to send; shorten it or split it into several messages",
+    );
+    expect(describeSendError(status(Code.ResourceExhausted, "too many messages; slow down and retry"))).toBe(
+      "you are sending too fast; wait a moment, then retry",
+    );
+  });
+
+  it("passes the server's reason for a refused message on", () => {
+    expect(describeSendError(status(Code.InvalidArgument, "message text is 5000 bytes, over the limit of 4096"))).toBe(
+      "message text is 5000 bytes, over the limit of 4096",
+    );
+    expect(describeSendError(status(Code.NotFound, "no such conversation"))).toBe("this conversation is no longer available");
   });
 });

@@ -15,6 +15,7 @@ export {
 } from "./client.js";
 export {
   ChatSession,
+  KEEP_ALIVE_MARGIN_MS,
   MAX_EXHAUSTED_SEND_ATTEMPTS,
   MAX_UNKNOWN_SEND_ATTEMPTS,
   type ConnectionState,

@@ -13,6 +13,10 @@
  *   (see `send` for which codes are retried, and for how long);
  * - acknowledges delivery, coalesced into one Ack per conversation per burst;
  * - heartbeats at the interval the server's `welcome` asks for;
+ * - takes a stream that has been silent for two of those intervals for dead and reconnects:
+ *   the server sends a `keep_alive` frame whenever it has been quiet for one, and over
+ *   grpc-web on HTTP/1.1 nothing else shows that a half-open stream is gone (there are no
+ *   transport pings, and heartbeats travel on other connections);
  * - stops for good on UNAUTHENTICATED: the token is gone and retrying cannot help.
  *
  * Browsers cannot stream upward (grpc-web), so everything the native stream carries upward is
@@ -56,7 +60,9 @@ export interface SessionOptions {
   autoAck?: boolean;
   /**
    * Heartbeat at this interval instead of the one the server's `welcome` asks for; 0 turns
-   * heartbeats off (the device then shows offline after the presence timeout).
+   * heartbeats off (the device then shows offline after the presence timeout). The stream
+   * is still taken for dead after two of the server's intervals without a frame (the server
+   * keeps a quiet stream busy at its own interval, whatever this says).
    */
   heartbeatIntervalMs?: number;
   /** Delays between reconnection attempts; 500 ms doubling up to 30 s by default. */
@@ -127,13 +133,27 @@ interface OutboxEntry extends PendingSend {
   exhaustedFailures: number;
 }
 
-/** A `Subscribe` stream, and why the session aborted it (a failed heartbeat), if it did. */
+/**
+ * A `Subscribe` stream, and why the session aborted it (a failed heartbeat, or silence), if
+ * it did.
+ */
 interface OpenStream {
   abort: ChildAbort;
   reason?: ChatError;
+  /**
+   * How long the stream may go without a frame before it counts as dead; set by the
+   * `welcome` (undefined until then, or when the server names no heartbeat interval).
+   */
+  silenceLimitMs?: number;
 }
 
 const DEFAULT_HEARTBEAT_MS = 15_000;
+/**
+ * The server sends a frame (a `keep_alive` if nothing else) at least once per heartbeat
+ * interval, so a stream silent for two intervals and this much more is taken for dead. The
+ * margin covers network jitter and a busy event loop.
+ */
+export const KEEP_ALIVE_MARGIN_MS = 2_000;
 /** A heartbeat that takes longer than this counts as failed: the connection is suspect. */
 const HEARTBEAT_TIMEOUT_MS = 10_000;
 /**
@@ -152,6 +172,22 @@ export const MAX_UNKNOWN_SEND_ATTEMPTS = 3;
  * are bounded.
  */
 export const MAX_EXHAUSTED_SEND_ATTEMPTS = 10;
+
+/** Longer timeouts fire at once in browsers (a signed 32-bit count of milliseconds). */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/**
+ * How long a stream may go without a frame, from the heartbeat interval the server's
+ * `welcome` names (not the app's override: it is the server that keeps the stream busy).
+ * Undefined, so no watchdog, when it names none or one too long to time.
+ */
+function silenceLimitMs(serverHeartbeatMs: number | undefined): number | undefined {
+  if (serverHeartbeatMs === undefined || !(serverHeartbeatMs > 0)) {
+    return undefined;
+  }
+  const limitMs = 2 * serverHeartbeatMs + KEEP_ALIVE_MARGIN_MS;
+  return limitMs <= MAX_TIMEOUT_MS ? limitMs : undefined;
+}
 
 export class ChatSession {
   /** The client this session was opened from; use it for history, conversations, presence. */
@@ -190,6 +226,8 @@ export class ChatSession {
 
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
   #heartbeatBusy = false;
+  /** Restarts the open stream if no frame arrives in time (see `#expectFrame`). */
+  #silenceTimer: ReturnType<typeof setTimeout> | undefined;
   #ackTimer: ReturnType<typeof setTimeout> | undefined;
   #ackFlushing = false;
   #outbox: OutboxEntry[] = [];
@@ -438,7 +476,9 @@ export class ChatSession {
         if (stopped.aborted) {
           break;
         }
-        this.#onFrame(response.frame, baseUrl);
+        this.#onFrame(response.frame, stream, baseUrl);
+        // Any frame, a keep-alive included, shows the stream is alive.
+        this.#expectFrame(stream);
       }
       return new ChatError("status", Code.Unavailable, "the server ended the stream");
     } catch (e) {
@@ -452,7 +492,7 @@ export class ChatSession {
     }
   }
 
-  #onFrame(frame: ServerFrame | undefined, baseUrl: string): void {
+  #onFrame(frame: ServerFrame | undefined, stream: OpenStream, baseUrl: string): void {
     const kind = frame?.kind;
     switch (kind?.case) {
       case "welcome": {
@@ -462,6 +502,7 @@ export class ChatSession {
         }
         this.#user = welcome.user;
         const serverMs = welcome.heartbeatInterval === undefined ? undefined : durationMs(welcome.heartbeatInterval);
+        stream.silenceLimitMs = silenceLimitMs(serverMs);
         // The state first: the outbox and the ack flush go only when the session is online.
         this.#setState({ status: "online", baseUrl, user: welcome.user, sessionId: welcome.sessionId });
         this.#online(this.#heartbeatOverrideMs ?? serverMs ?? DEFAULT_HEARTBEAT_MS);
@@ -507,6 +548,7 @@ export class ChatSession {
         this.#emit({ type: "error", error, requestId: e.requestId, clientMsgId: e.clientMsgId || undefined });
         return;
       }
+      case "keepAlive": // Only proof of life, which any frame is (see `#expectFrame`); never an event.
       case "sendAck": // Sends are unary calls here; their acks come back as answers.
       case undefined:
         return;
@@ -529,7 +571,29 @@ export class ChatSession {
     this.#scheduleAckFlush(0);
   }
 
+  /**
+   * (Re)arms the silence watchdog of `stream` after a frame: if no further frame arrives
+   * within its limit, the stream is aborted with a retryable error and `#run` reconnects
+   * (with backoff, resuming from the cursors), as after a failed heartbeat.
+   */
+  #expectFrame(stream: OpenStream): void {
+    clearTimeout(this.#silenceTimer);
+    this.#silenceTimer = undefined;
+    const limitMs = stream.silenceLimitMs;
+    // Not when the session or this stream has ended meanwhile (e.g. closed from a listener).
+    if (limitMs === undefined || this.#stop.signal.aborted || stream !== this.#stream || stream.abort.signal.aborted) {
+      return;
+    }
+    this.#silenceTimer = setTimeout(() => {
+      this.#silenceTimer = undefined;
+      const error = new ChatError("status", Code.Unavailable, `no frame from the server for ${limitMs} ms: the stream is presumed dead`);
+      this.#restartStream(stream, error);
+    }, limitMs);
+  }
+
   #offline(): void {
+    clearTimeout(this.#silenceTimer);
+    this.#silenceTimer = undefined;
     clearInterval(this.#heartbeatTimer);
     this.#heartbeatTimer = undefined;
     clearTimeout(this.#ackTimer);

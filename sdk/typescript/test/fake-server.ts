@@ -399,3 +399,8 @@ export function typingFrame(typing: boolean): ServerFrame {
 export function presenceFrame(online: boolean): ServerFrame {
   return frame({ case: "presence", value: { user: RIYA, online } });
 }
+
+/** What the server sends on a stream that has been quiet for a heartbeat interval. */
+export function keepAliveFrame(): ServerFrame {
+  return frame({ case: "keepAlive", value: {} });
+}

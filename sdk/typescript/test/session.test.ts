@@ -10,6 +10,7 @@ import {
   ChatError,
   Code,
   Cursors,
+  KEEP_ALIVE_MARGIN_MS,
   MAX_EXHAUSTED_SEND_ATTEMPTS,
   type ChatSession,
   type ConnectionState,
@@ -20,6 +21,7 @@ import {
   FakeServer,
   TOKEN,
   caughtUp,
+  keepAliveFrame,
   messageFrame,
   presenceFrame,
   receiptFrame,
@@ -398,6 +400,75 @@ describe("ChatSession", () => {
     expect(reconnecting.error.message).toContain("injected heartbeat failure");
     await within(first.cancelled(), 5_000, "the old stream to be cancelled");
     await server.subscribes.next("a new subscribe");
+  });
+
+  describe("keep-alive watchdog (grpc-web on HTTP/1.1: no transport pings)", () => {
+    /** The heartbeat interval the welcome names in these tests. */
+    const INTERVAL_MS = 1_000;
+    /** How long a stream may be silent: two intervals and the margin. */
+    const LIMIT_MS = 2 * INTERVAL_MS + KEEP_ALIVE_MARGIN_MS;
+
+    it("restarts a stream that goes silent after two heartbeat intervals, and resumes from its cursors", async () => {
+      fakeTimers();
+      const server = new FakeServer();
+      const { log } = open(server);
+      const first = await server.subscribes.next("first subscribe");
+      first.push(welcome(INTERVAL_MS), messageFrame("c1", 1n), caughtUp(["c1", 1n], ["c2", 4n]), messageFrame("c1", 2n));
+      await log.next("message", (e) => e.message.seq === 2n);
+
+      // Half-open: the stream neither ends nor sends, while heartbeats (on other
+      // connections) still succeed. Not given up on a moment too early...
+      await pass(LIMIT_MS - 1);
+      expect(first.signal.aborted).toBe(false);
+      expect(server.heartbeats.items.length).toBeGreaterThanOrEqual(2);
+      expect(log.events.some((e) => e.type === "state" && e.state.status === "reconnecting")).toBe(false);
+      // ...but once the limit has passed.
+      await pass(1);
+      const reconnecting = await log.state("reconnecting");
+      expect(reconnecting.error.code).toBe(Code.Unavailable);
+      expect(reconnecting.error.retryable).toBe(true);
+      expect(reconnecting.error.message).toContain("no frame from the server");
+      await within(first.cancelled(), 5_000, "the silent stream to be cancelled");
+      // Through the normal backoff (started over at caught_up: attempt 2, a short delay).
+      expect([reconnecting.attempt, reconnecting.delayMs]).toEqual([2, 4]);
+      await pass(reconnecting.delayMs);
+
+      const second = await server.subscribes.next("resumed subscribe");
+      expect(second.cursors).toEqual([
+        ["c1", 2n],
+        ["c2", 4n],
+      ]);
+      // The old stream's watchdog went with it: nothing is timed until the new welcome.
+      expect(vi.getTimerCount()).toBe(0);
+      second.push(welcome(INTERVAL_MS), messageFrame("c1", 2n), messageFrame("c1", 3n), caughtUp(["c1", 3n], ["c2", 4n]));
+      await log.next("caughtUp");
+      expect(log.messages()).toEqual(["c1:1", "c1:2", "c1:3"]);
+    });
+
+    it("keeps a stream that only sends keep-alives, and shows no event for them", async () => {
+      fakeTimers();
+      const server = new FakeServer();
+      const { session, log } = open(server);
+      const stream = await server.subscribes.next("subscribe");
+      stream.push(welcome(INTERVAL_MS), caughtUp());
+      await log.next("caughtUp");
+      // Ten intervals, far past the limit, with nothing but a keep-alive per interval.
+      for (let i = 0; i < 10; i++) {
+        await pass(INTERVAL_MS);
+        stream.push(keepAliveFrame());
+        await settle();
+      }
+      expect(10 * INTERVAL_MS).toBeGreaterThan(2 * LIMIT_MS);
+      expect(stream.signal.aborted).toBe(false);
+      expect(server.subscribes.items.length).toBe(1);
+      expect(log.events.map((e) => (e.type === "state" ? e.state.status : e.type))).toEqual(["connecting", "online", "caughtUp"]);
+
+      // Closing leaves no watchdog behind.
+      session.close();
+      await within(stream.cancelled(), 5_000, "the stream to be cancelled");
+      await settle();
+      expect(vi.getTimerCount()).toBe(0);
+    });
   });
 
   it("reports receipts only when they move forward, and passes typing and presence on", async () => {
