@@ -12,6 +12,7 @@ import {
   startGateway,
   startServer,
   test,
+  withDeadline,
 } from "./harness.mjs";
 
 const PASSWORD = "correct horse battery";
@@ -155,4 +156,62 @@ test("the server dies and comes back: the pages say so, recover, and nothing is 
   const expected = ["before the crash", "while you were down", "after the restart"];
   assert.deepEqual(await shownTexts(riya.page), expected, "each message once, in order");
   assert.deepEqual(await shownTexts(alex.page), expected);
+});
+
+test("history loads on scroll-back, each message once and in order", async () => {
+  const server = await startServer(sqliteDatabase());
+  const gateway = await startGateway([server]);
+  const bob = cli(gateway);
+  await bob("register", "bob", "--password", PASSWORD);
+  const chromium = await browser();
+  const laptop = await signUp(chromium, gateway, "alex");
+  // More than two pages of history. Alex's laptop receives and reads them all...
+  const total = 130;
+  for (let i = 1; i <= total; i++) {
+    await bob("send", "alex", `message ${i}`);
+  }
+  await laptop.page.locator('[data-testid=conversation-item][data-peer="bob"]').click();
+  await laptop.page.getByTestId("message-text").getByText(`message ${total}`, { exact: true }).waitFor();
+  await withDeadline(
+    (async () => {
+      for (;;) {
+        const [last] = (await bob("history", "alex", "--limit", "1")).filter((e) => e.type === "message");
+        if (last?.status === "read") return;
+      }
+    })(),
+    "bob to see his last message read",
+  );
+  await laptop.context.close();
+
+  // ...so a new browser starts after them, shows the latest page, and pages back.
+  const context = await chromium.newContext({ viewport: { width: 1100, height: 720 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(DEADLINE_MS);
+  await page.goto(gateway.url);
+  await page.getByTestId("login-name").fill("alex");
+  await page.getByTestId("login-password").fill(PASSWORD);
+  await page.getByTestId("login-submit").click();
+  await page.locator('[data-testid=conversation-item][data-peer="bob"]').click();
+  await page.getByTestId("message-text").getByText(`message ${total}`, { exact: true }).waitFor();
+  const firstPage = (await shownTexts(page)).length;
+  assert.ok(firstPage < total, `the first page is not everything (${firstPage} shown)`);
+
+  const list = page.getByTestId("message-list");
+  const start = page.getByTestId("history-start");
+  while (!(await start.isVisible())) {
+    const before = (await shownTexts(page)).length;
+    await list.evaluate((el) => {
+      el.scrollTop = 0;
+    });
+    await page.waitForFunction(
+      (n) =>
+        document.querySelectorAll("[data-testid=message-text]").length > n ||
+        !document.querySelector("[data-testid=history-start]")?.hidden,
+      before,
+      { timeout: DEADLINE_MS },
+    );
+  }
+  await screenshot(page, "history-start");
+  const expected = Array.from({ length: total }, (_, i) => `message ${i + 1}`);
+  assert.deepEqual(await shownTexts(page), expected, "every message once, oldest first");
 });
