@@ -4,13 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+use chat_ops::LogFormat;
+use clap::Parser;
 
 /// The browser edge of the chat platform: grpc-web (HTTP/1.1 and HTTP/2) and native gRPC
 /// on one port, balanced over chat-server replicas by open streams, plus the web client.

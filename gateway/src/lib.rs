@@ -93,7 +93,8 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<Running, Gat
         tracing::warn!("no replica address resolved yet; calls fail until one does");
     }
 
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, stop.clone())));
+    let metrics_task =
+        metrics_listener.map(|l| tokio::spawn(chat_ops::serve_metrics(l, stop.clone())));
     let limits = edge::EdgeLimits {
         header_read_timeout: config.header_read_timeout,
         max_body_bytes: config.max_body_bytes,

@@ -1,11 +1,5 @@
-//! Prometheus metrics of the gateway: every metric name in one place, and `/metrics` on
-//! its own listener. The recorder is process-wide (the `metrics` facade is global).
-
-use std::sync::OnceLock;
-
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+//! Prometheus metrics of the gateway: every metric name in one place. The recorder and
+//! the `/metrics` endpoint are `chat_ops`'s, shared with the server.
 
 /// Counter: requests by `kind` (`grpc`, `grpc-web`, `http`).
 pub const REQUESTS: &str = "chat_gateway_requests_total";
@@ -59,35 +53,4 @@ pub fn upstream_removed(upstream: &str) {
 
 pub fn body_too_large() {
     metrics::counter!(TOO_LARGE).increment(1);
-}
-
-fn handle() -> Option<PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => Some(handle),
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics recorder not installed");
-                None
-            }
-        })
-        .clone()
-}
-
-/// Serves `GET /metrics` in the Prometheus text format until `stop`.
-pub async fn serve(listener: TcpListener, stop: CancellationToken) {
-    let Some(handle) = handle() else { return };
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move { handle.render() }
-        }),
-    );
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::warn!(error = %e, "metrics endpoint stopped");
-    }
 }

@@ -4,15 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use chat_ops::LogFormat;
+use clap::{Parser, Subcommand};
 
 use crate::store::StoreOptions;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// A gRPC chat server. With no configuration it keeps its data in SQLite under
 /// ./chat-data and serves on 127.0.0.1:50051.

@@ -158,7 +158,7 @@ pub async fn start_with(
         })
     };
     let metrics_task = metrics_listener
-        .map(|listener| tokio::spawn(crate::metrics::serve(listener, shutdown.clone())));
+        .map(|listener| tokio::spawn(chat_ops::serve_metrics(listener, shutdown.clone())));
     // The announcer outlives the drain, so the offline flips of sessions closed by
     // the shutdown still persist their last seen.
     let announcer_stop = CancellationToken::new();
