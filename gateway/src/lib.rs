@@ -60,14 +60,7 @@ impl Running {
 /// Resolves the replicas, then serves on `listener` until shut down.
 pub async fn start(config: Config, listener: TcpListener) -> Result<Running, GatewayError> {
     let addr = listener.local_addr()?;
-    let metrics_listener = match config.metrics_listen {
-        Some(at) => Some(TcpListener::bind(at).await?),
-        None => None,
-    };
-    let metrics_addr = match &metrics_listener {
-        Some(l) => Some(l.local_addr()?),
-        None => None,
-    };
+    let (metrics_listener, metrics_addr) = chat_ops::bind_metrics(config.metrics_listen).await?;
     let stop = CancellationToken::new();
     let upstreams = Upstreams::new(
         config.health_interval,

@@ -3,6 +3,7 @@
 //! its `/metrics` endpoint. Shared because the recorder is global: two components in one
 //! process (as in the tests) must install it once and render it together.
 
+use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -41,7 +42,7 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), LogFilterErro
 }
 
 /// Resolves on SIGINT or SIGTERM (on other platforms, Ctrl-C).
-pub async fn wait_for_signal() {
+async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -60,6 +61,27 @@ pub async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Cancels `stop` when SIGINT or SIGTERM arrives: how a binary starts its shutdown.
+pub fn cancel_on_signal(stop: CancellationToken) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+}
+
+/// Binds the `/metrics` listener when an address is configured, with the address it got
+/// (port 0 picks a free one).
+pub async fn bind_metrics(
+    at: Option<SocketAddr>,
+) -> std::io::Result<(Option<TcpListener>, Option<SocketAddr>)> {
+    let Some(at) = at else {
+        return Ok((None, None));
+    };
+    let listener = TcpListener::bind(at).await?;
+    let addr = listener.local_addr()?;
+    Ok((Some(listener), Some(addr)))
 }
 
 /// Latency buckets, in seconds: chat operations live between a millisecond and a second.

@@ -29,11 +29,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(addr) = running.metrics_addr {
         println!("metrics on http://{addr}/metrics");
     }
-    let stop = running.shutdown_token();
-    tokio::spawn(async move {
-        chat_ops::wait_for_signal().await;
-        stop.cancel();
-    });
+    chat_ops::cancel_on_signal(running.shutdown_token());
     running.wait().await?;
     tracing::info!("stopped");
     Ok(())

@@ -88,14 +88,7 @@ pub async fn start_with(
     bus_layer: Option<BusLayer>,
 ) -> Result<Running, ServeError> {
     let addr = listener.local_addr()?;
-    let metrics_listener = match config.metrics_listen {
-        Some(at) => Some(TcpListener::bind(at).await?),
-        None => None,
-    };
-    let metrics_addr = match &metrics_listener {
-        Some(l) => Some(l.local_addr()?),
-        None => None,
-    };
+    let (metrics_listener, metrics_addr) = chat_ops::bind_metrics(config.metrics_listen).await?;
     let store =
         crate::store::open(&config.resolved_database_url(), &config.store_options()).await?;
     let hub = Hub::new(config.session_queue);

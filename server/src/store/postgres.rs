@@ -174,10 +174,31 @@ fn receipt_from_row(row: &PgRow) -> Result<Receipt, StoreError> {
     })
 }
 
-const FIND_SENT: &str = "SELECT m.conversation_id, m.seq, m.id, m.sender_id, u.name AS sender_name, \
-     m.client_msg_id, m.body, m.created_at \
-     FROM messages m JOIN users u ON u.id = m.sender_id \
-     WHERE m.conversation_id = $1 AND m.sender_id = $2 AND m.client_msg_id = $3";
+/// A statement reading whole messages (with their sender's name), filtered by `$filter`.
+macro_rules! select_messages {
+    ($filter:literal) => {
+        concat!(
+            "SELECT m.conversation_id, m.seq, m.id, m.sender_id, u.name AS sender_name, \
+             m.client_msg_id, m.body, m.created_at \
+             FROM messages m JOIN users u ON u.id = m.sender_id WHERE ",
+            $filter
+        )
+    };
+}
+
+/// A statement reading members' receipts (with their names), filtered by `$filter`.
+macro_rules! select_members {
+    ($filter:literal) => {
+        concat!(
+            "SELECT m.conversation_id, m.user_id, u.name AS user_name, m.delivered_seq, \
+             m.read_seq FROM members m JOIN users u ON u.id = m.user_id WHERE ",
+            $filter
+        )
+    };
+}
+
+const FIND_SENT: &str =
+    select_messages!("m.conversation_id = $1 AND m.sender_id = $2 AND m.client_msg_id = $3");
 
 /// One send in one statement, so it is atomic and needs no explicit transaction.
 ///
@@ -214,19 +235,12 @@ const APPEND: &str = "WITH prior AS ( \
 
 /// A page of history after a seq: one conversation, one partition, the primary key's
 /// order. Public so that a test can assert on its plan.
-pub const MESSAGES_AFTER: &str = "SELECT m.conversation_id, m.seq, m.id, m.sender_id, \
-     u.name AS sender_name, m.client_msg_id, m.body, m.created_at \
-     FROM messages m JOIN users u ON u.id = m.sender_id \
-     WHERE m.conversation_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3";
+pub const MESSAGES_AFTER: &str =
+    select_messages!("m.conversation_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3");
 
 /// A page of history before a seq, newest first (reversed by the caller).
-pub const MESSAGES_BEFORE: &str = "SELECT m.conversation_id, m.seq, m.id, m.sender_id, \
-     u.name AS sender_name, m.client_msg_id, m.body, m.created_at \
-     FROM messages m JOIN users u ON u.id = m.sender_id \
-     WHERE m.conversation_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3";
-
-const MEMBER_COLUMNS: &str =
-    "m.conversation_id, m.user_id, u.name AS user_name, m.delivered_seq, m.read_seq";
+pub const MESSAGES_BEFORE: &str =
+    select_messages!("m.conversation_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3");
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -402,14 +416,11 @@ impl Store for PostgresStore {
     }
 
     async fn members(&self, conversation: ConversationId) -> Result<Vec<Receipt>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {MEMBER_COLUMNS} FROM members m JOIN users u ON u.id = m.user_id \
-             WHERE m.conversation_id = $1 ORDER BY u.name"
-        )))
-        .bind(conversation.0)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
+        let rows = sqlx::query(select_members!("m.conversation_id = $1 ORDER BY u.name"))
+            .bind(conversation.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
         rows.iter().map(receipt_from_row).collect()
     }
 
@@ -418,15 +429,12 @@ impl Store for PostgresStore {
         conversation: ConversationId,
         user: UserId,
     ) -> Result<Option<Receipt>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {MEMBER_COLUMNS} FROM members m JOIN users u ON u.id = m.user_id \
-             WHERE m.conversation_id = $1 AND m.user_id = $2"
-        )))
-        .bind(conversation.0)
-        .bind(user.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?;
+        let row = sqlx::query(select_members!("m.conversation_id = $1 AND m.user_id = $2"))
+            .bind(conversation.0)
+            .bind(user.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
         row.as_ref().map(receipt_from_row).transpose()
     }
 

@@ -129,13 +129,31 @@ fn receipt_from_row(row: &SqliteRow) -> Result<Receipt, StoreError> {
     })
 }
 
-const MESSAGE_COLUMNS: &str = "m.conversation_id, m.seq, m.id, m.sender_id, u.name AS sender_name, \
-     m.client_msg_id, m.body, m.created_at";
+/// A statement reading whole messages (with their sender's name), filtered by `$filter`.
+macro_rules! select_messages {
+    ($filter:literal) => {
+        concat!(
+            "SELECT m.conversation_id, m.seq, m.id, m.sender_id, u.name AS sender_name, \
+             m.client_msg_id, m.body, m.created_at \
+             FROM messages m JOIN users u ON u.id = m.sender_id WHERE ",
+            $filter
+        )
+    };
+}
 
-const FIND_SENT: &str = "SELECT m.conversation_id, m.seq, m.id, m.sender_id, u.name AS sender_name, \
-     m.client_msg_id, m.body, m.created_at \
-     FROM messages m JOIN users u ON u.id = m.sender_id \
-     WHERE m.conversation_id = ? AND m.sender_id = ? AND m.client_msg_id = ?";
+/// A statement reading members' receipts (with their names), filtered by `$filter`.
+macro_rules! select_members {
+    ($filter:literal) => {
+        concat!(
+            "SELECT m.conversation_id, m.user_id, u.name AS user_name, m.delivered_seq, \
+             m.read_seq FROM members m JOIN users u ON u.id = m.user_id WHERE ",
+            $filter
+        )
+    };
+}
+
+const FIND_SENT: &str =
+    select_messages!("m.conversation_id = ? AND m.sender_id = ? AND m.client_msg_id = ?");
 
 const PEER_RECEIPTS: &str = "SELECT o.conversation_id, o.user_id, u.name AS user_name, o.delivered_seq, o.read_seq \
      FROM members mine \
@@ -326,15 +344,11 @@ impl Store for SqliteStore {
     }
 
     async fn members(&self, conversation: ConversationId) -> Result<Vec<Receipt>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT m.conversation_id, m.user_id, u.name AS user_name, m.delivered_seq, m.read_seq \
-             FROM members m JOIN users u ON u.id = m.user_id \
-             WHERE m.conversation_id = ? ORDER BY u.name",
-        )
-        .bind(conversation.to_string())
-        .fetch_all(&self.reader)
-        .await
-        .map_err(classify)?;
+        let rows = sqlx::query(select_members!("m.conversation_id = ? ORDER BY u.name"))
+            .bind(conversation.to_string())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(classify)?;
         rows.iter().map(receipt_from_row).collect()
     }
 
@@ -343,16 +357,12 @@ impl Store for SqliteStore {
         conversation: ConversationId,
         user: UserId,
     ) -> Result<Option<Receipt>, StoreError> {
-        let row = sqlx::query(
-            "SELECT m.conversation_id, m.user_id, u.name AS user_name, m.delivered_seq, m.read_seq \
-             FROM members m JOIN users u ON u.id = m.user_id \
-             WHERE m.conversation_id = ? AND m.user_id = ?",
-        )
-        .bind(conversation.to_string())
-        .bind(user.to_string())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(classify)?;
+        let row = sqlx::query(select_members!("m.conversation_id = ? AND m.user_id = ?"))
+            .bind(conversation.to_string())
+            .bind(user.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify)?;
         row.as_ref().map(receipt_from_row).transpose()
     }
 
@@ -597,10 +607,9 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id \
-             WHERE m.conversation_id = ? AND m.seq > ? ORDER BY m.seq ASC LIMIT ?"
-        )))
+        let rows = sqlx::query(select_messages!(
+            "m.conversation_id = ? AND m.seq > ? ORDER BY m.seq ASC LIMIT ?"
+        ))
         .bind(conversation.to_string())
         .bind(seq_param(after))
         .bind(i64::from(limit))
@@ -616,10 +625,9 @@ impl Store for SqliteStore {
         before: u64,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id \
-             WHERE m.conversation_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"
-        )))
+        let rows = sqlx::query(select_messages!(
+            "m.conversation_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"
+        ))
         .bind(conversation.to_string())
         .bind(seq_param(before))
         .bind(i64::from(limit))
