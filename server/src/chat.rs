@@ -18,7 +18,7 @@ use crate::domain::{
 };
 use crate::error::ChatError;
 use crate::hub::Hub;
-use crate::presence::PresenceTracker;
+use crate::presence::{PresenceRegistry, PresenceTracker};
 use crate::ratelimit::RateLimiter;
 use crate::store::{Appended, ConversationSummary, DeviceSession, NewMessage, Store};
 
@@ -106,6 +106,7 @@ pub struct Chat {
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,
     pub presence: PresenceTracker,
+    pub registry: Arc<dyn PresenceRegistry>,
     pub limits: Limits,
     limiter: RateLimiter,
     typing_limiter: RateLimiter,
@@ -114,8 +115,15 @@ pub struct Chat {
 }
 
 impl Chat {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, hub: Arc<Hub>, limits: Limits) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        registry: Arc<dyn PresenceRegistry>,
+        hub: Arc<Hub>,
+        limits: Limits,
+    ) -> Self {
         Chat {
+            registry,
             presence: PresenceTracker::new(limits.presence_timeout),
             limiter: RateLimiter::new(limits.send_rate_per_second, limits.send_burst),
             typing_limiter: RateLimiter::new(f64::from(TYPING_PER_SECOND), TYPING_BURST),
@@ -406,12 +414,17 @@ impl Chat {
             [peer] => Some(peer.user.clone()),
             _ => None,
         };
-        // Online from memory; last seen of everyone offline in one query.
-        let offline: Vec<UserId> = summaries
+        // Online from the registry; last seen of everyone offline in one query.
+        let peers: Vec<UserId> = summaries.iter().filter_map(peer).map(|u| u.id).collect();
+        let online: std::collections::HashSet<UserId> = peers
             .iter()
-            .filter_map(peer)
-            .filter(|u| !self.presence.is_online(u.id))
-            .map(|u| u.id)
+            .zip(self.online(&peers).await)
+            .filter_map(|(id, online)| online.then_some(*id))
+            .collect();
+        let offline: Vec<UserId> = peers
+            .iter()
+            .filter(|id| !online.contains(id))
+            .copied()
             .collect();
         let last_seen: std::collections::HashMap<UserId, Timestamp> =
             self.store.last_seen(&offline).await?.into_iter().collect();
@@ -419,7 +432,7 @@ impl Chat {
             .into_iter()
             .map(|summary| {
                 let peer_presence = peer(&summary).map(|user| {
-                    let online = self.presence.is_online(user.id);
+                    let online = online.contains(&user.id);
                     let last_seen = if online {
                         None
                     } else {
@@ -474,8 +487,27 @@ impl Chat {
         Ok(out)
     }
 
+    /// Whether each user is online. If the registry cannot answer, this process's own
+    /// sessions are the best knowledge left: a degraded answer beats a failed list.
+    async fn online(&self, users: &[UserId]) -> Vec<bool> {
+        match self.registry.online(users, &self.presence).await {
+            Ok(online) => online,
+            Err(e) => {
+                metrics::counter!(crate::metrics::PRESENCE_ERRORS).increment(1);
+                tracing::warn!(error = %e, "presence registry unavailable; answering from local sessions");
+                users.iter().map(|u| self.presence.is_online(*u)).collect()
+            }
+        }
+    }
+
     async fn presence_of(&self, user: UserRef) -> Result<PresenceState, ChatError> {
-        if self.presence.is_online(user.id) {
+        if self
+            .online(&[user.id])
+            .await
+            .first()
+            .copied()
+            .unwrap_or(false)
+        {
             return Ok(PresenceState {
                 user,
                 online: true,
@@ -507,18 +539,26 @@ impl Chat {
         }
     }
 
+    /// A sign of life. Every beat is settled, not only flips: a shared registry
+    /// learns that the device is still alive this way.
     pub fn heartbeat(&self, device: &DeviceSession) {
-        if self.presence.heartbeat(device.user.id, device.id) {
-            self.changed.push(device.user.id);
-        }
+        self.presence.heartbeat(device.user.id, device.id);
+        self.changed.push(device.user.id);
     }
 
     /// Expires stale heartbeats and forgets idle rate-limit buckets; runs periodically.
-    pub fn sweep(&self) {
+    pub async fn sweep(&self) {
         self.limiter.prune();
         self.typing_limiter.prune();
         for user in self.presence.sweep() {
             self.changed.push(user);
+        }
+        match self.registry.due().await {
+            Ok(users) => users.into_iter().for_each(|u| self.changed.push(u)),
+            Err(e) => {
+                metrics::counter!(crate::metrics::PRESENCE_ERRORS).increment(1);
+                tracing::debug!(error = %e, "could not read users due for expiry");
+            }
         }
     }
 
@@ -537,12 +577,22 @@ impl Chat {
     /// happened, always with the user's current state (a stale flip is never sent).
     /// Going offline persists last seen first.
     pub async fn run_announcer(&self, stop: CancellationToken) {
+        // Users the registry could not settle, retried after a pause.
+        let mut failed: Vec<UserId> = Vec::new();
         loop {
             while let Some(user) = self.changed.pop() {
-                self.announce(user).await;
+                if !self.announce(user).await {
+                    failed.push(user);
+                }
             }
+            let retry = tokio::time::sleep(if failed.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_secs(1)
+            });
             tokio::select! {
                 _ = self.changed.notify.notified() => {}
+                _ = retry => failed.drain(..).for_each(|u| self.changed.push(u)),
                 _ = stop.cancelled() => {
                     // Stopping: finish what is queued, then return.
                     while let Some(user) = self.changed.pop() {
@@ -554,9 +604,17 @@ impl Chat {
         }
     }
 
-    async fn announce(&self, user: UserId) {
-        let Some(state) = self.presence.take_announcement(user) else {
-            return;
+    /// Settles one user and tells their contacts if their state changed; false if the
+    /// registry could not be reached (the caller retries).
+    async fn announce(&self, user: UserId) -> bool {
+        let state = match self.registry.settle(user, &self.presence).await {
+            Ok(Some(state)) => state,
+            Ok(None) => return true,
+            Err(e) => {
+                metrics::counter!(crate::metrics::PRESENCE_ERRORS).increment(1);
+                tracing::debug!(error = %e, %user, "could not settle presence");
+                return false;
+            }
         };
         if !state.online
             && let Err(e) = self.store.set_last_seen(&[user], state.last_active).await
@@ -575,6 +633,7 @@ impl Chat {
             }
             Err(e) => tracing::warn!(error = %e, "could not announce presence"),
         }
+        true
     }
 
     /// Ends every live stream of a device whose session was revoked.

@@ -45,6 +45,17 @@ pub struct Config {
     #[arg(long, env = "CHAT_DATABASE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_timeout, global = true)]
     pub database_statement_timeout: Duration,
 
+    /// Redis that joins replicas: redis://HOST:PORT for one server, or
+    /// redis+cluster://HOST:PORT[,HOST:PORT...] for a Redis Cluster (sharded pub/sub).
+    /// Without it, this process is the only replica (in-process fan-out and presence).
+    #[arg(long, env = "CHAT_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// How long Redis may be unreachable before health reports NOT_SERVING (sends keep
+    /// working meanwhile; sessions catch up from the store when it is back).
+    #[arg(long, env = "CHAT_REDIS_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub redis_grace: Duration,
+
     /// How often clients must heartbeat; sent to them when they connect.
     #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,

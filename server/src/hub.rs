@@ -52,10 +52,19 @@ impl Closer {
     }
 }
 
+/// What a session's inbox carries.
+#[derive(Clone, Debug)]
+pub enum Inbound {
+    Event(Event),
+    /// Events may have been lost on the way (the bus was cut off): read everything
+    /// newer than the session's cursors from the store.
+    Resync,
+}
+
 struct Registered {
     id: u64,
     device: DeviceId,
-    inbox: mpsc::Sender<Event>,
+    inbox: mpsc::Sender<Inbound>,
     closer: Closer,
 }
 
@@ -63,6 +72,8 @@ pub struct Hub {
     sessions: Mutex<HashMap<UserId, Vec<Registered>>>,
     next_id: AtomicU64,
     inbox_capacity: usize,
+    /// Told when a user's last local session leaves, so the bus can stop listening.
+    vacated: Mutex<Option<mpsc::UnboundedSender<UserId>>>,
 }
 
 /// A session's place in the hub; dropping it removes the session.
@@ -85,7 +96,15 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             inbox_capacity: inbox_capacity.max(1),
+            vacated: Mutex::new(None),
         })
+    }
+
+    /// Reports each user whose last local session left on `tx`.
+    pub fn report_vacated(&self, tx: mpsc::UnboundedSender<UserId>) {
+        if let Ok(mut vacated) = self.vacated.lock() {
+            *vacated = Some(tx);
+        }
     }
 
     /// Adds a session of `user`; events for the user arrive on the returned inbox.
@@ -94,7 +113,7 @@ impl Hub {
         user: UserId,
         device: DeviceId,
         closer: Closer,
-    ) -> (Registration, mpsc::Receiver<Event>) {
+    ) -> (Registration, mpsc::Receiver<Inbound>) {
         let (tx, rx) = mpsc::channel(self.inbox_capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!(crate::metrics::SESSIONS).increment(1.0);
@@ -123,6 +142,49 @@ impl Hub {
             list.retain(|r| r.id != id);
             if list.is_empty() {
                 sessions.remove(&user);
+                if let Ok(vacated) = self.vacated.lock()
+                    && let Some(tx) = vacated.as_ref()
+                {
+                    let _ = tx.send(user);
+                }
+            }
+        }
+    }
+
+    /// True while `user` has a session on this process.
+    pub fn is_present(&self, user: UserId) -> bool {
+        self.sessions
+            .lock()
+            .map(|s| s.contains_key(&user))
+            .unwrap_or(false)
+    }
+
+    /// Every user with a session on this process.
+    pub fn present_users(&self) -> Vec<UserId> {
+        self.sessions
+            .lock()
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Makes every local session of `user` catch up from the store.
+    pub fn resync(&self, user: UserId) {
+        let Ok(sessions) = self.sessions.lock() else {
+            return;
+        };
+        for session in sessions.get(&user).into_iter().flatten() {
+            Self::offer(user, session, Inbound::Resync);
+        }
+    }
+
+    /// Makes every local session catch up from the store.
+    pub fn resync_all(&self) {
+        let Ok(sessions) = self.sessions.lock() else {
+            return;
+        };
+        for (user, list) in sessions.iter() {
+            for session in list {
+                Self::offer(*user, session, Inbound::Resync);
             }
         }
     }
@@ -136,21 +198,26 @@ impl Hub {
             return;
         };
         for session in list {
-            match session.inbox.try_send(event.clone()) {
-                Ok(()) => {}
-                // Typing and presence are ephemeral: dropping one loses nothing that
-                // matters, and must not let a chatty peer knock a session offline.
-                Err(mpsc::error::TrySendError::Full(_))
-                    if matches!(event, Event::Typing { .. } | Event::Presence(_)) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(%user, session = session.id, "session fell behind; closing it");
-                    metrics::counter!(crate::metrics::SLOW_CLOSES).increment(1);
-                    session.closer.close_with(Status::unavailable(
-                        "session fell behind; reconnect to resume from your cursors",
-                    ));
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Self::offer(user, session, Inbound::Event(event.clone()));
+        }
+    }
+
+    fn offer(user: UserId, session: &Registered, inbound: Inbound) {
+        match session.inbox.try_send(inbound) {
+            Ok(()) => {}
+            // Typing and presence are ephemeral: dropping one loses nothing that
+            // matters, and must not let a chatty peer knock a session offline.
+            Err(mpsc::error::TrySendError::Full(Inbound::Event(
+                Event::Typing { .. } | Event::Presence(_),
+            ))) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%user, session = session.id, "session fell behind; closing it");
+                metrics::counter!(crate::metrics::SLOW_CLOSES).increment(1);
+                session.closer.close_with(Status::unavailable(
+                    "session fell behind; reconnect to resume from your cursors",
+                ));
             }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 

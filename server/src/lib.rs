@@ -13,6 +13,7 @@ pub mod hub;
 pub mod metrics;
 pub mod presence;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -15,3 +15,17 @@ pub const GAP_FILLS: &str = "chat_gap_fills_total";
 pub const SLOW_CLOSES: &str = "chat_sessions_closed_slow_total";
 /// Counter: requests refused, by gRPC `code`.
 pub const REJECTED: &str = "chat_requests_rejected_total";
+/// Histogram: from a publish to its hand-over to the local sessions, by `path`
+/// (`local`: same process; `redis`: through Redis, measured from the commit).
+pub const FANOUT_SECONDS: &str = "chat_fanout_duration_seconds";
+/// Counter: sessions told to catch up from the store because the bus may have lost
+/// events (a Redis reconnect, a dropped publish).
+pub const RESYNCS: &str = "chat_session_resyncs_total";
+/// Counter: times the Redis subscription connection was re-established.
+pub const REDIS_RECONNECTS: &str = "chat_redis_reconnects_total";
+/// Gauge: 1 while this process is connected to Redis for pub/sub, else 0.
+pub const REDIS_CONNECTED: &str = "chat_redis_connected";
+/// Counter: Redis publishes, by `outcome` (`ok`, `retried`, `dropped`).
+pub const REDIS_PUBLISHES: &str = "chat_redis_publishes_total";
+/// Counter: Redis presence operations that failed and will be retried.
+pub const PRESENCE_ERRORS: &str = "chat_presence_errors_total";

@@ -14,10 +14,12 @@ use tonic::transport::Server;
 
 use crate::api::{auth::AuthApi, chat::ChatApi};
 use crate::auth::Auth;
-use crate::bus::{Bus, InProcessBus};
+use crate::bus::{Bus, InProcessBus, RedisBus};
 use crate::chat::{Chat, Limits};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::presence::{LocalRegistry, PresenceRegistry, RedisRegistry};
+use crate::redis_link::{RedisLink, RedisUrlError};
 use crate::store::StoreError;
 
 /// Smallest cap on a decoded protobuf message. A chat frame is small, so tonic's 4 MiB
@@ -40,6 +42,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] RedisUrlError),
 }
 
 /// A running server.
@@ -92,7 +96,27 @@ pub async fn start_with(
     let store =
         crate::store::open(&config.resolved_database_url(), &config.store_options()).await?;
     let hub = Hub::new(config.session_queue);
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(hub.clone()));
+    let shutdown = CancellationToken::new();
+    // The bus's own tasks outlive the drain: sessions closed by it still publish.
+    let bus_stop = CancellationToken::new();
+    let (bus, registry): (Arc<dyn Bus>, Arc<dyn PresenceRegistry>) = match &config.redis_url {
+        Some(url) => {
+            let link = Arc::new(RedisLink::parse(url)?);
+            tracing::info!(
+                redis = link.url(),
+                cluster = link.is_cluster(),
+                "replicas meet in redis"
+            );
+            (
+                Arc::new(RedisBus::start(link.clone(), hub.clone(), bus_stop.clone())),
+                Arc::new(RedisRegistry::new(link, config.presence_timeout)),
+            )
+        }
+        None => (
+            Arc::new(InProcessBus::new(hub.clone())),
+            Arc::new(LocalRegistry),
+        ),
+    };
     let bus = match bus_layer {
         Some(layer) => layer(bus),
         None => bus,
@@ -100,6 +124,7 @@ pub async fn start_with(
     let chat = Arc::new(Chat::new(
         store.clone(),
         bus,
+        registry,
         hub,
         Limits {
             max_message_bytes: config.max_message_bytes,
@@ -113,7 +138,6 @@ pub async fn start_with(
         .map(|n| n.get())
         .unwrap_or(2);
     let auth = Arc::new(Auth::new(store, config.token_ttl, hashers));
-    let shutdown = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChatServiceServer<ChatApi>>().await;
@@ -141,11 +165,42 @@ pub async fn start_with(
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tick.tick() => chat.sweep(),
+                    _ = tick.tick() => chat.sweep().await,
                 }
                 if last_checkpoint.elapsed() >= LAST_SEEN_CHECKPOINT {
                     last_checkpoint = tokio::time::Instant::now();
                     chat.checkpoint_last_seen().await;
+                }
+            }
+        })
+    };
+    // A replica cut off from the others for longer than the grace stops taking new
+    // clients (its health says NOT_SERVING) until it is back.
+    let health_watch = {
+        let chat = chat.clone();
+        let health = health.clone();
+        let stop = shutdown.clone();
+        let grace = config.redis_grace;
+        tokio::spawn(async move {
+            let mut serving = true;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let cut_off = chat.bus.cut_off_for().is_some_and(|d| d > grace);
+                if cut_off == serving {
+                    serving = !cut_off;
+                    if serving {
+                        tracing::info!("connected to the other replicas again; serving");
+                        health.set_serving::<ChatServiceServer<ChatApi>>().await;
+                        health.set_serving::<AuthServiceServer<AuthApi>>().await;
+                    } else {
+                        tracing::warn!(?grace, "cut off from redis; reporting NOT_SERVING");
+                        health.set_not_serving::<ChatServiceServer<ChatApi>>().await;
+                        health.set_not_serving::<AuthServiceServer<AuthApi>>().await;
+                    }
                 }
             }
         })
@@ -203,12 +258,14 @@ pub async fn start_with(
         };
         stop.cancel();
         let _ = sweeper.await;
+        let _ = health_watch.await;
         if let Some(task) = metrics_task {
             let _ = task.await;
         }
         announcer_stop.cancel();
         let _ = announcer.await;
         chat_for_shutdown.checkpoint_last_seen().await;
+        bus_stop.cancel();
         store_for_shutdown.close().await;
         result
     });

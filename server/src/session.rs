@@ -24,7 +24,7 @@ use crate::api::convert;
 use crate::chat::Chat;
 use crate::domain::{ConversationId, Event, MessageStatus};
 use crate::error::ChatError;
-use crate::hub::{Closer, Registration};
+use crate::hub::{Closer, Inbound, Registration};
 use crate::store::DeviceSession;
 
 /// Frames buffered towards one client before the session waits for it to read.
@@ -136,7 +136,7 @@ struct Worker {
     client_cursors: HashMap<ConversationId, u64>,
     /// The last seq sent to this client, per conversation.
     cursors: HashMap<ConversationId, u64>,
-    inbox: mpsc::Receiver<Event>,
+    inbox: mpsc::Receiver<Inbound>,
     out: mpsc::Sender<pb::ServerFrame>,
     closer: Closer,
     _registration: Registration,
@@ -172,6 +172,9 @@ impl Worker {
             .ok(),
         })))
         .await?;
+        // Listening starts before the store is read, so a message committed in between
+        // arrives live and is dropped as a duplicate rather than missed.
+        self.chat.bus.listen(self.device.user.id).await;
         self.catch_up().await?;
         let expires_in = self
             .device
@@ -204,7 +207,13 @@ impl Worker {
                 }
             };
             match event {
-                Some(event) => {
+                Some(Inbound::Resync) => {
+                    self.resync().await?;
+                    quiet
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + quiet_for);
+                }
+                Some(Inbound::Event(event)) => {
                     self.forward(event).await?;
                     quiet
                         .as_mut()
@@ -246,6 +255,21 @@ impl Worker {
         cursors.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
         self.emit(convert::frame(Kind::CaughtUp(pb::CaughtUp { cursors })))
             .await
+    }
+
+    /// Sends everything stored after this session's cursors: the bus lost events, so
+    /// the store says what they were. Receipts are re-sent too; clients keep them
+    /// monotonic.
+    async fn resync(&mut self) -> Result<(), Stop> {
+        metrics::counter!(crate::metrics::RESYNCS).increment(1);
+        for p in self.chat.store.positions(self.device.user.id).await? {
+            self.fill(p.conversation_id, p.last_seq).await?;
+        }
+        for receipt in self.chat.store.peer_receipts(self.device.user.id).await? {
+            self.emit(convert::frame(Kind::Receipt(convert::receipt(&receipt))))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Sends the stored messages after this session's cursor up to `through`.

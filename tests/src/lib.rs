@@ -2,7 +2,10 @@
 //! tests), users driven through the SDK, and helpers that wait for events with a
 //! deadline instead of sleeping.
 
+pub mod checker;
 pub mod db;
+pub mod fault_proxy;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,7 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_sdk::{Client, Credentials, Cursors, Event, Session, SessionOptions, proto};
+pub use checker::{Ledger, Report};
 pub use db::{PgCluster, StoreKind, TestDb};
+pub use fault_proxy::FaultProxy;
+pub use redis::{RedisCluster, RedisServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -294,17 +300,58 @@ impl ServerProcess {
 
     /// SIGTERM, then the exit status (failing the test if it takes past the deadline).
     pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("running").to_string();
+        self.sigterm().await;
+        self.wait().await
+    }
+
+    /// The process id, while it has not been waited for.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("chat-server has already exited")
+    }
+
+    /// SIGKILL, then the exit status. Unlike [`ServerProcess::kill`] the handle stays,
+    /// so a scenario can keep its replicas in one list and crash one by index.
+    pub async fn sigkill(&mut self) -> std::process::ExitStatus {
+        self.child
+            .start_kill()
+            .expect("send SIGKILL to chat-server");
+        self.wait().await
+    }
+
+    /// SIGTERM without waiting: the replica drains (for `--shutdown-grace`) while the
+    /// test watches; [`ServerProcess::wait`] collects the exit.
+    pub async fn sigterm(&self) {
+        self.signal("TERM").await;
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open, like a long GC pause or a
+    /// hung host, which peers can only detect by timeouts.
+    pub async fn sigstop(&self) {
+        self.signal("STOP").await;
+    }
+
+    /// SIGCONT: a process frozen by [`ServerProcess::sigstop`] resumes.
+    pub async fn sigcont(&self) {
+        self.signal("CONT").await;
+    }
+
+    /// The exit status, failing the test if the process outlives the deadline.
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("chat-server did not exit in time")
+            .expect("wait for chat-server")
+    }
+
+    // `kill(1)` rather than libc: the workspace forbids unsafe code.
+    async fn signal(&self, name: &str) {
+        let pid = self.pid().to_string();
         let sent = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), &pid])
             .status()
             .await
             .expect("run kill");
-        assert!(sent.success(), "kill -TERM {pid} failed");
-        tokio::time::timeout(DEADLINE, self.child.wait())
-            .await
-            .expect("chat-server did not exit after SIGTERM")
-            .expect("wait")
+        assert!(sent.success(), "kill -{name} {pid} failed");
     }
 }
 

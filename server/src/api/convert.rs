@@ -7,7 +7,8 @@ use pb::server_frame::Kind;
 use crate::auth::IssuedSession;
 use crate::chat::{ConversationView, SendInput, Target};
 use crate::domain::{
-    ConversationKind, Event, Message, MessageStatus, PresenceState, Receipt, Timestamp, UserRef,
+    ClientMsgId, ConversationId, ConversationKind, Event, Message, MessageId, MessageStatus,
+    MessageText, PresenceState, Receipt, Timestamp, UserId, UserName, UserRef,
 };
 use crate::error::{ChatError, code_name};
 use crate::store::Appended;
@@ -151,4 +152,52 @@ pub(crate) fn device_session(s: IssuedSession) -> pb::DeviceSession {
         expires_at: Some(timestamp(s.session.expires_at)),
         user: Some(user(&s.session.user)),
     }
+}
+
+/// The event a frame from [`event_frame`] describes: how another replica's event is
+/// read back off the bus. `None` for a frame that is not an event or does not parse.
+pub(crate) fn event_from_frame(frame: pb::ServerFrame) -> Option<Event> {
+    Some(match frame.kind? {
+        Kind::Message(m) => Event::Message(std::sync::Arc::new(Message {
+            conversation_id: uuid(&m.conversation_id).map(ConversationId)?,
+            seq: m.seq,
+            id: uuid(&m.id).map(MessageId)?,
+            sender: user_ref(m.sender?)?,
+            client_msg_id: ClientMsgId::from_stored(m.client_msg_id),
+            text: MessageText::from_stored(m.text),
+            sent_at: from_timestamp(m.sent_at?),
+        })),
+        Kind::Receipt(r) => Event::Receipt(Receipt {
+            conversation_id: uuid(&r.conversation_id).map(ConversationId)?,
+            user: user_ref(r.user?)?,
+            delivered_seq: r.delivered_seq,
+            read_seq: r.read_seq,
+        }),
+        Kind::Presence(p) => Event::Presence(PresenceState {
+            user: user_ref(p.user?)?,
+            online: p.online,
+            last_seen: p.last_seen.map(from_timestamp),
+        }),
+        Kind::Typing(t) => Event::Typing {
+            conversation_id: uuid(&t.conversation_id).map(ConversationId)?,
+            user: user_ref(t.user?)?,
+            typing: t.typing,
+        },
+        _ => return None,
+    })
+}
+
+fn uuid(raw: &str) -> Option<uuid::Uuid> {
+    uuid::Uuid::parse_str(raw).ok()
+}
+
+fn user_ref(u: pb::User) -> Option<UserRef> {
+    Some(UserRef {
+        id: UserId(uuid(&u.id)?),
+        name: UserName::from_stored(u.name),
+    })
+}
+
+fn from_timestamp(t: prost_types::Timestamp) -> Timestamp {
+    Timestamp(t.seconds * 1_000_000 + i64::from(t.nanos / 1000))
 }

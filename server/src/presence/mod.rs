@@ -1,20 +1,89 @@
-//! Who is online, from live sessions and their heartbeats (in memory, one process).
+//! Who is online, from live sessions and their heartbeats.
 //!
 //! A user is online while at least one device has an open stream and a heartbeat
-//! younger than the presence timeout. The tracker also remembers what was last
-//! announced to contacts: flips can be decided concurrently, so the announcer always
-//! publishes the current state rather than the flip that woke it, and stale flips
-//! never reach anyone.
+//! younger than the presence timeout. The tracker knows this process's devices. A
+//! registry decides what contacts are told: `LocalRegistry` from the tracker alone
+//! (one process), `RedisRegistry` from every replica's devices in Redis. Either way
+//! it remembers what was last announced: flips can be decided concurrently, so the
+//! announcer always publishes the current state rather than the flip that woke it,
+//! and stale flips never reach anyone.
+
+mod redis;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+
 use crate::domain::{DeviceId, Timestamp, UserId, UserRef};
+
+pub use self::redis::RedisRegistry;
+
+#[derive(Debug, thiserror::Error)]
+#[error("presence registry: {0}")]
+pub struct RegistryError(pub String);
+
+/// The shared record of who is online, and what their contacts were last told.
+#[async_trait]
+pub trait PresenceRegistry: Send + Sync + 'static {
+    /// Records this process's devices of `user` (from `tracker`) and returns the
+    /// user's state if contacts have not been told it yet, marking it told.
+    async fn settle(
+        &self,
+        user: UserId,
+        tracker: &PresenceTracker,
+    ) -> Result<Option<Announcement>, RegistryError>;
+
+    /// Whether each user is online anywhere.
+    async fn online(
+        &self,
+        users: &[UserId],
+        tracker: &PresenceTracker,
+    ) -> Result<Vec<bool>, RegistryError>;
+
+    /// Users whose devices elsewhere may have gone stale (a replica died with them):
+    /// settling them tells their contacts.
+    async fn due(&self) -> Result<Vec<UserId>, RegistryError> {
+        Ok(Vec::new())
+    }
+}
+
+/// One process: the tracker is the whole truth.
+pub struct LocalRegistry;
+
+#[async_trait]
+impl PresenceRegistry for LocalRegistry {
+    async fn settle(
+        &self,
+        user: UserId,
+        tracker: &PresenceTracker,
+    ) -> Result<Option<Announcement>, RegistryError> {
+        Ok(tracker.take_announcement(user))
+    }
+
+    async fn online(
+        &self,
+        users: &[UserId],
+        tracker: &PresenceTracker,
+    ) -> Result<Vec<bool>, RegistryError> {
+        Ok(users.iter().map(|u| tracker.is_online(*u)).collect())
+    }
+}
+
+/// This process's live devices of one user, for a registry shared with other replicas.
+#[derive(Debug)]
+pub struct LocalDevices {
+    pub user: Option<UserRef>,
+    /// Each device with an open, fresh stream here, with its last heartbeat.
+    pub devices: Vec<(DeviceId, Timestamp)>,
+}
 
 struct DeviceState {
     streams: u32,
     last_beat: Instant,
+    /// `last_beat` on the wall clock, which other replicas share.
+    last_beat_at: Timestamp,
 }
 
 struct UserState {
@@ -75,9 +144,11 @@ impl PresenceTracker {
         let d = state.devices.entry(device).or_insert(DeviceState {
             streams: 0,
             last_beat: now,
+            last_beat_at: Timestamp::now(),
         });
         d.streams += 1;
         d.last_beat = now;
+        d.last_beat_at = Timestamp::now();
         state.last_active = Timestamp::now();
         self.settle(state, now)
     }
@@ -116,8 +187,46 @@ impl PresenceTracker {
             return false;
         };
         d.last_beat = now;
+        d.last_beat_at = Timestamp::now();
         state.last_active = Timestamp::now();
         self.settle(state, now)
+    }
+
+    /// This process's fresh devices of `user`. Forgets a user with no devices left:
+    /// with a shared registry, the tracker holds only what is live here.
+    pub fn local_devices(&self, user: UserId) -> LocalDevices {
+        let now = Instant::now();
+        let Ok(mut users) = self.users.lock() else {
+            return LocalDevices {
+                user: None,
+                devices: Vec::new(),
+            };
+        };
+        let Some(state) = users.get_mut(&user) else {
+            return LocalDevices {
+                user: None,
+                devices: Vec::new(),
+            };
+        };
+        self.settle(state, now);
+        let devices: Vec<(DeviceId, Timestamp)> = state
+            .devices
+            .iter()
+            .filter(|(_, d)| d.streams > 0 && now.duration_since(d.last_beat) <= self.timeout)
+            .map(|(id, d)| (*id, d.last_beat_at))
+            .collect();
+        let local = LocalDevices {
+            user: Some(state.user.clone()),
+            devices,
+        };
+        if state.devices.is_empty() {
+            users.remove(&user);
+        }
+        local
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn is_online(&self, user: UserId) -> bool {
