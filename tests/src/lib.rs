@@ -287,6 +287,13 @@ impl ServerProcess {
         })
         .await
         .expect("chat-server did not start in time");
+        // Keep reading: the server logs to stdout, and a closed pipe would lose its logs.
+        let tag = addr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[chat-server {tag}] {line}");
+            }
+        });
         ServerProcess {
             url: format!("http://{addr}"),
             child,

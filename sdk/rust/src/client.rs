@@ -15,7 +15,7 @@ use crate::proto::chat_service_client::ChatServiceClient;
 use crate::session::{Session, SessionOptions};
 
 /// Attempts of one send before its error is returned (all with the same client_msg_id).
-const SEND_ATTEMPTS: u32 = 6;
+pub(crate) const SEND_ATTEMPTS: u32 = 6;
 
 /// A logged-in device session.
 #[derive(Clone, Debug)]
@@ -101,11 +101,9 @@ impl Client {
 
     /// The same connection, authenticated with `token`.
     pub fn with_token(&self, token: &str) -> Result<Self, Error> {
-        let value = MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| Error::Protocol("token is not valid header text".into()))?;
         Ok(Client {
             channel: self.channel.clone(),
-            bearer: Bearer(Some(value)),
+            bearer: Bearer(Some(bearer(token)?)),
         })
     }
 
@@ -348,6 +346,12 @@ impl Client {
     }
 }
 
+/// The `authorization` header value for `token`.
+pub(crate) fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Error> {
+    MetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| Error::Protocol("token is not valid header text".into()))
+}
+
 fn credentials(session: Option<proto::DeviceSession>) -> Result<Credentials, Error> {
     let session = session.ok_or_else(|| Error::Protocol("no session in the answer".into()))?;
     Ok(Credentials {
@@ -372,7 +376,7 @@ pub(crate) fn send_message(target: Target, client_msg_id: &str, text: &str) -> p
 }
 
 /// A new idempotency key for a send.
-pub(crate) fn new_client_msg_id() -> String {
+pub fn new_client_msg_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 

@@ -32,6 +32,11 @@ impl Cursors {
         true
     }
 
+    /// No conversation has a cursor.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Every conversation and its cursor.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
         self.0.iter().map(|(k, v)| (k.as_str(), *v))

@@ -20,6 +20,12 @@ pub enum Error {
     /// The session's stream has ended.
     #[error("UNAVAILABLE: the session has ended")]
     SessionClosed,
+    /// A reconnecting session is between connections; the call needs a live one.
+    #[error("UNAVAILABLE: not connected to a server (reconnecting)")]
+    NotConnected,
+    /// A reconnecting session's outbox already holds this many unsent messages.
+    #[error("RESOURCE_EXHAUSTED: {0} messages are already waiting to be sent")]
+    OutboxFull(usize),
     /// The server broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -30,7 +36,8 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidAddress(_) => Code::InvalidArgument,
-            Error::Transport(_) | Error::SessionClosed => Code::Unavailable,
+            Error::Transport(_) | Error::SessionClosed | Error::NotConnected => Code::Unavailable,
+            Error::OutboxFull(_) => Code::ResourceExhausted,
             Error::Status(s) => s.code(),
             Error::NotLoggedIn => Code::Unauthenticated,
             Error::Protocol(_) => Code::Internal,

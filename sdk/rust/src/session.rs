@@ -77,25 +77,35 @@ fn take_waiter(
 struct Shared {
     cursors: Mutex<Cursors>,
     pending: PendingSends,
-    /// The highest (delivered, read) seen per (conversation, user): receipts published
-    /// by concurrent requests can arrive out of order, and a watermark never goes back.
-    receipts: Mutex<HashMap<(String, String), (u64, u64)>>,
+    receipts: Mutex<ReceiptBook>,
 }
 
 impl Shared {
     /// Merges a receipt into what is known; None when it moves nothing forward.
-    fn merge_receipt(&self, mut r: proto::Receipt) -> Option<proto::Receipt> {
+    fn merge_receipt(&self, r: proto::Receipt) -> Option<proto::Receipt> {
+        self.receipts.lock().ok()?.merge(r)
+    }
+}
+
+/// The highest (delivered, read) seen per (conversation, user): receipts published by
+/// concurrent requests can arrive out of order, a replay after a reconnect repeats them,
+/// and a watermark never goes back.
+#[derive(Debug, Default)]
+pub(crate) struct ReceiptBook(HashMap<(String, String), (u64, u64)>);
+
+impl ReceiptBook {
+    /// Merges a receipt into what is known; None when it moves nothing forward.
+    pub(crate) fn merge(&mut self, mut r: proto::Receipt) -> Option<proto::Receipt> {
         let user = r.user.as_ref().map(|u| u.id.clone()).unwrap_or_default();
-        let mut known = self.receipts.lock().ok()?;
         let key = (r.conversation_id.clone(), user);
-        if let Some(&(delivered, read)) = known.get(&key) {
+        if let Some(&(delivered, read)) = self.0.get(&key) {
             if r.delivered_seq <= delivered && r.read_seq <= read {
                 return None;
             }
             r.delivered_seq = r.delivered_seq.max(delivered);
             r.read_seq = r.read_seq.max(read);
         }
-        known.insert(key, (r.delivered_seq, r.read_seq));
+        self.0.insert(key, (r.delivered_seq, r.read_seq));
         Some(r)
     }
 }
@@ -103,11 +113,82 @@ impl Shared {
 /// A live session. Dropping it ends the stream.
 pub struct Session {
     user: proto::User,
-    frames: mpsc::Sender<proto::ConnectRequest>,
     events: mpsc::Receiver<Event>,
-    shared: Arc<Shared>,
-    next_request: AtomicU64,
+    handle: SessionHandle,
     stop: CancellationToken,
+}
+
+/// The writing half of a session: frames on the stream, and sends matched to their acks.
+/// Cheap to clone; the reconnecting session's outbox writes through it while the
+/// connection task reads the events.
+#[derive(Clone)]
+pub(crate) struct SessionHandle {
+    frames: mpsc::Sender<proto::ConnectRequest>,
+    shared: Arc<Shared>,
+    next_request: Arc<AtomicU64>,
+}
+
+impl SessionHandle {
+    /// Writes a send on the stream; the receiver answers with its ack or error frame, or
+    /// with [`Error::SessionClosed`] if the stream ends first.
+    pub(crate) async fn start_send(
+        &self,
+        message: proto::SendMessage,
+    ) -> Result<oneshot::Receiver<Result<proto::SendAck, Error>>, Error> {
+        let (tx, rx) = oneshot::channel();
+        {
+            // Scoped: the lock is released before the write below waits.
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .map_err(|_| Error::SessionClosed)?;
+            let Some(pending) = pending.as_mut() else {
+                return Err(Error::SessionClosed);
+            };
+            pending.insert(message.client_msg_id.clone(), tx);
+        }
+        self.frame(In::Send(message)).await?;
+        Ok(rx)
+    }
+
+    /// Writes a send on the stream and waits for its answer.
+    pub(crate) async fn send(&self, message: proto::SendMessage) -> Result<proto::SendAck, Error> {
+        let answer = self.start_send(message).await?;
+        answer.await.map_err(|_| Error::SessionClosed)?
+    }
+
+    pub(crate) async fn ack(&self, conversation_id: &str, seq: u64) -> Result<(), Error> {
+        self.frame(In::Ack(proto::AckDelivered {
+            conversation_id: conversation_id.to_owned(),
+            seq,
+        }))
+        .await
+    }
+
+    pub(crate) async fn mark_read(&self, conversation_id: &str, seq: u64) -> Result<(), Error> {
+        self.frame(In::MarkRead(proto::MarkReadUpTo {
+            conversation_id: conversation_id.to_owned(),
+            seq,
+        }))
+        .await
+    }
+
+    pub(crate) async fn typing(&self, conversation_id: &str, typing: bool) -> Result<(), Error> {
+        self.frame(In::Typing(proto::TypingSignal {
+            conversation_id: conversation_id.to_owned(),
+            typing,
+        }))
+        .await
+    }
+
+    async fn frame(&self, kind: In) -> Result<(), Error> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        self.frames
+            .send(request(id, kind))
+            .await
+            .map_err(|_| Error::SessionClosed)
+    }
 }
 
 impl Drop for Session {
@@ -157,7 +238,7 @@ impl Session {
         let shared = Arc::new(Shared {
             cursors: Mutex::new(cursors),
             pending: Mutex::new(Some(HashMap::new())),
-            receipts: Mutex::new(HashMap::new()),
+            receipts: Mutex::new(ReceiptBook::default()),
         });
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
 
@@ -186,12 +267,19 @@ impl Session {
         ));
         Ok(Session {
             user,
-            frames,
             events,
-            shared,
-            next_request: AtomicU64::new(1),
+            handle: SessionHandle {
+                frames,
+                shared,
+                next_request: Arc::new(AtomicU64::new(1)),
+            },
             stop,
         })
+    }
+
+    /// The writing half, for the reconnecting session.
+    pub(crate) fn handle(&self) -> SessionHandle {
+        self.handle.clone()
     }
 
     /// The logged-in user.
@@ -206,7 +294,8 @@ impl Session {
 
     /// The cursors a later session should resume from.
     pub fn cursors(&self) -> Cursors {
-        self.shared
+        self.handle
+            .shared
             .cursors
             .lock()
             .map(|c| c.clone())
@@ -226,56 +315,29 @@ impl Session {
         client_msg_id: &str,
         text: &str,
     ) -> Result<proto::SendAck, Error> {
-        let (tx, rx) = oneshot::channel();
-        match self.shared.pending.lock().as_deref_mut() {
-            Ok(Some(pending)) => {
-                pending.insert(client_msg_id.to_owned(), tx);
-            }
-            _ => return Err(Error::SessionClosed),
-        }
-        let frame = In::Send(send_message(target, client_msg_id, text));
-        self.frame(frame).await?;
-        rx.await.map_err(|_| Error::SessionClosed)?
+        self.handle
+            .send(send_message(target, client_msg_id, text))
+            .await
     }
 
     /// Acknowledges delivery up to `seq` (done automatically with `auto_ack`).
     pub async fn ack(&self, conversation_id: &str, seq: u64) -> Result<(), Error> {
-        self.frame(In::Ack(proto::AckDelivered {
-            conversation_id: conversation_id.to_owned(),
-            seq,
-        }))
-        .await
+        self.handle.ack(conversation_id, seq).await
     }
 
     /// Marks the conversation read up to `seq` (`0`: everything so far).
     pub async fn mark_read(&self, conversation_id: &str, seq: u64) -> Result<(), Error> {
-        self.frame(In::MarkRead(proto::MarkReadUpTo {
-            conversation_id: conversation_id.to_owned(),
-            seq,
-        }))
-        .await
+        self.handle.mark_read(conversation_id, seq).await
     }
 
     /// Tells the other members the user is typing (or stopped).
     pub async fn typing(&self, conversation_id: &str, typing: bool) -> Result<(), Error> {
-        self.frame(In::Typing(proto::TypingSignal {
-            conversation_id: conversation_id.to_owned(),
-            typing,
-        }))
-        .await
+        self.handle.typing(conversation_id, typing).await
     }
 
     /// Ends the stream; events already received can still be read.
     pub fn close(&self) {
         self.stop.cancel();
-    }
-
-    async fn frame(&self, kind: In) -> Result<(), Error> {
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        self.frames
-            .send(request(id, kind))
-            .await
-            .map_err(|_| Error::SessionClosed)
     }
 }
 
@@ -472,7 +534,7 @@ mod tests {
         let shared = Shared {
             cursors: Mutex::new(Cursors::new()),
             pending: Mutex::new(Some(HashMap::new())),
-            receipts: Mutex::new(HashMap::new()),
+            receipts: Mutex::new(ReceiptBook::default()),
         };
         let seen = |r| {
             shared

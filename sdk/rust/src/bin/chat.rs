@@ -1,7 +1,10 @@
 //! `chat`: the command-line client, for people and for scripts (`--json`).
 //!
 //! Sessions are saved per user name in the config directory, with the cursors `watch`
-//! resumes from, so a later `watch` gets exactly what arrived in between.
+//! resumes from, so a later `watch` gets exactly what arrived in between. `--server` takes
+//! several addresses: `watch` reconnects among them for as long as it runs (a
+//! `ReconnectingSession`), and the other commands use the first one that accepts a
+//! connection.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,7 +12,10 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
-use chat_sdk::{Client, Cursors, Event, Page, SessionOptions, Target, proto};
+use chat_sdk::{
+    Client, ConnectionState, Cursors, Event, Page, ReconnectEvent, ReconnectOptions,
+    ReconnectingSession, SessionOptions, Target, proto,
+};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -21,14 +27,15 @@ use serde_json::json;
     about = "Command-line client for the chat server"
 )]
 struct Cli {
-    /// Server address.
+    /// Server address; repeat the flag or separate addresses with commas to give several
+    /// (`watch` reconnects among them, other commands use the first that answers).
     #[arg(
         long,
         env = "CHAT_SERVER",
         default_value = "http://127.0.0.1:50051",
         global = true
     )]
-    server: String,
+    server: Vec<String>,
     /// Use the saved session of this user (default: the last one logged in).
     #[arg(long = "as", env = "CHAT_AS", global = true)]
     as_user: Option<String>,
@@ -136,25 +143,26 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = config_dir(cli.config_dir.clone())?;
     let out = Output { json: cli.json };
+    let servers = server_list(&cli.server)?;
     match cli.command {
         Command::Register {
             ref name,
             ref password,
         } => {
-            let client = Client::connect(&cli.server).await?;
+            let (server, client) = connect_any(&servers).await?;
             let creds = client.register(name, password, "cli").await?;
-            save_new(&dir, &cli.server, creds, &out, "registered")
+            save_new(&dir, &server, creds, &out, "registered")
         }
         Command::Login {
             ref name,
             ref password,
         } => {
-            let client = Client::connect(&cli.server).await?;
+            let (server, client) = connect_any(&servers).await?;
             let creds = client.login(name, password, "cli").await?;
-            save_new(&dir, &cli.server, creds, &out, "logged in")
+            save_new(&dir, &server, creds, &out, "logged in")
         }
         Command::Logout => {
-            let (saved, client) = logged_in(&cli, &dir).await?;
+            let (saved, client) = logged_in(&cli, &servers, &dir).await?;
             client.logout().await?;
             std::fs::remove_file(session_path(&dir, &saved.name)).ok();
             out.emit(
@@ -164,7 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Send { ref to, ref text } => {
-            let (_, client) = logged_in(&cli, &dir).await?;
+            let (_, client) = logged_in(&cli, &servers, &dir).await?;
             let ack = client.send(Target::User(to.clone()), text).await?;
             out.emit(
                 json!({"type": "sent", "conversation_id": ack.conversation_id, "seq": ack.seq, "id": ack.message_id,
@@ -174,11 +182,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Watch { count, timeout } => {
-            let (saved, client) = logged_in(&cli, &dir).await?;
-            watch(&dir, saved, client, count, timeout, &out).await
+            let saved = saved_session(&cli, &dir)?;
+            watch(&dir, saved, servers, count, timeout, &out).await
         }
         Command::Read { ref to, up_to } => {
-            let (_, client) = logged_in(&cli, &dir).await?;
+            let (_, client) = logged_in(&cli, &servers, &dir).await?;
             let conversation = client.open_direct(to).await?;
             let receipt = client
                 .mark_read(&conversation.id, up_to.unwrap_or(0))
@@ -191,7 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             limit,
             before,
         } => {
-            let (saved, client) = logged_in(&cli, &dir).await?;
+            let (saved, client) = logged_in(&cli, &servers, &dir).await?;
             let conversation = client.open_direct(to).await?;
             let page = before.map(Page::Before).unwrap_or(Page::Latest);
             let history = client.history(&conversation.id, page, limit).await?;
@@ -207,7 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Conversations => {
-            let (_, client) = logged_in(&cli, &dir).await?;
+            let (_, client) = logged_in(&cli, &servers, &dir).await?;
             for c in client.conversations().await? {
                 let peer = c.peer.as_ref().map(|p| p.name.clone()).unwrap_or_default();
                 let last = c
@@ -230,7 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Presence { ref name } => {
-            let (_, client) = logged_in(&cli, &dir).await?;
+            let (_, client) = logged_in(&cli, &servers, &dir).await?;
             for p in client.presence(&[name.as_str()]).await? {
                 print_presence(&out, &p);
             }
@@ -242,19 +250,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn watch(
     dir: &Path,
     mut saved: Saved,
-    client: Client,
+    servers: Vec<String>,
     count: Option<usize>,
     timeout: Option<Duration>,
     out: &Output,
 ) -> anyhow::Result<()> {
     // Delivery is acknowledged, and the saved cursors advanced, only for what was
     // printed: events still buffered when `--count` is reached are shown next time.
-    let options = SessionOptions {
-        auto_ack: false,
-        ..SessionOptions::default()
+    let options = ReconnectOptions {
+        addresses: servers,
+        session: SessionOptions {
+            auto_ack: false,
+            ..SessionOptions::default()
+        },
+        cursors: saved.cursors.clone(),
+        ..ReconnectOptions::default()
     };
-    let mut session = client.open_session(saved.cursors.clone(), options).await?;
-    let idle = timeout;
+    let mut session = ReconnectingSession::open(options, &saved.token).await?;
+    // `--timeout` counts the time without a chat event: connection changes do not count,
+    // so a watch whose servers are all down still ends.
+    let idle_deadline = || timeout.map(|idle| tokio::time::Instant::now() + idle);
+    let mut deadline = idle_deadline();
     let mut seen = 0usize;
     let mut caught_up = false;
     let me = saved.name.clone();
@@ -265,19 +281,28 @@ async fn watch(
         let next = tokio::select! {
             _ = tokio::signal::ctrl_c() => break Ok(()),
             next = async {
-                match idle {
-                    Some(idle) => tokio::time::timeout(idle, session.next_event()).await.ok(),
+                match deadline {
+                    Some(at) => tokio::time::timeout_at(at, session.next_event()).await.ok(),
                     None => Some(session.next_event().await),
                 }
             } => next,
         };
-        let Some(event) = next else { break Ok(()) };
+        let Some(next) = next else { break Ok(()) };
+        let event = match next {
+            None => break Ok(()),
+            Some(ReconnectEvent::State(state)) => {
+                print_connection(out, &state);
+                continue;
+            }
+            Some(ReconnectEvent::Event(event)) => event,
+        };
+        deadline = idle_deadline();
         match event {
-            None | Some(Event::Closed(None)) => break Ok(()),
-            Some(Event::Closed(Some(status))) => {
+            Event::Closed(None) => break Ok(()),
+            Event::Closed(Some(status)) => {
                 break Err(anyhow::Error::new(chat_sdk::Error::Status(status)));
             }
-            Some(Event::CaughtUp(replayed)) => {
+            Event::CaughtUp(replayed) => {
                 caught_up = true;
                 for (conversation, seq) in replayed.iter() {
                     saved.cursors.advance(conversation, seq);
@@ -286,25 +311,32 @@ async fn watch(
                     eprintln!("-- caught up --");
                 }
             }
-            // Receipts replayed before "caught up" are a snapshot, not news.
-            Some(Event::Receipt(_)) if !caught_up => {}
-            Some(Event::Message(m)) => {
+            // Receipts replayed before the first "caught up" are a snapshot, not news.
+            // After a reconnection, the session shows only receipts that moved meanwhile.
+            Event::Receipt(_) if !caught_up => {}
+            Event::Message(m) => {
                 seen += 1;
                 print_message(out, &m, None, &me);
                 saved.cursors.advance(&m.conversation_id, m.seq);
-                if let Err(e) = client.ack(&m.conversation_id, m.seq).await {
+                // A unary ack, answered before `watch` exits: a frame on the stream could
+                // still be queued when the stream closes.
+                let acked = match session.client() {
+                    Some(client) => client.ack(&m.conversation_id, m.seq).await.map(|_| ()),
+                    None => Err(chat_sdk::Error::NotConnected),
+                };
+                if let Err(e) = acked {
                     eprintln!("warning: could not acknowledge delivery: {e}");
                 }
             }
-            Some(Event::Receipt(r)) => {
+            Event::Receipt(r) => {
                 seen += 1;
                 print_receipt(out, &r);
             }
-            Some(Event::Presence(p)) => {
+            Event::Presence(p) => {
                 seen += 1;
                 print_presence(out, &p);
             }
-            Some(Event::Typing(t)) => {
+            Event::Typing(t) => {
                 seen += 1;
                 let user = t.user.map(|u| u.name).unwrap_or_default();
                 out.emit(
@@ -312,12 +344,39 @@ async fn watch(
                     if t.typing { format!("{user} is typing…") } else { format!("{user} stopped typing") },
                 );
             }
-            Some(Event::Error(e)) => eprintln!("error: {}: {}", e.code, e.message),
+            Event::Error(e) => eprintln!("error: {}: {}", e.code, e.message),
         }
     };
     session.close();
     save(dir, &saved)?;
     result
+}
+
+/// A connection change: a JSON line in `--json` mode, else a short line on stderr.
+fn print_connection(out: &Output, state: &ConnectionState) {
+    let (value, text) = match state {
+        ConnectionState::Connecting { attempt, address } => (
+            json!({"type": "connection", "state": "connecting", "server": address, "attempt": attempt}),
+            format!("-- connecting to {address} (attempt {attempt}) --"),
+        ),
+        ConnectionState::Connected { address } => (
+            json!({"type": "connection", "state": "connected", "server": address}),
+            format!("-- connected to {address} --"),
+        ),
+        ConnectionState::Disconnected { reason, retry_in } => (
+            json!({"type": "connection", "state": "disconnected", "reason": reason,
+                   "retry_in_ms": u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX)}),
+            format!(
+                "-- disconnected: {reason}; retrying in {:.1} s --",
+                retry_in.as_secs_f64()
+            ),
+        ),
+    };
+    if out.json {
+        out.emit(value, text);
+    } else {
+        eprintln!("{text}");
+    }
 }
 
 fn timestamp_text(t: Option<&prost_types::Timestamp>) -> Option<String> {
@@ -462,7 +521,41 @@ fn save_new(
     Ok(())
 }
 
-async fn logged_in(cli: &Cli, dir: &Path) -> anyhow::Result<(Saved, Client)> {
+/// The addresses of `--server` / `CHAT_SERVER`: each value may hold several, separated by
+/// commas.
+fn server_list(values: &[String]) -> anyhow::Result<Vec<String>> {
+    let servers: Vec<String> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if servers.is_empty() {
+        return Err(anyhow!("--server needs at least one address"));
+    }
+    Ok(servers)
+}
+
+/// A connection to the first server that accepts one, and its address.
+async fn connect_any(servers: &[String]) -> anyhow::Result<(String, Client)> {
+    let mut last = None;
+    for server in servers {
+        match Client::connect(server).await {
+            Ok(client) => return Ok((server.clone(), client)),
+            // Unreachable: try the next one.
+            Err(e) if e.is_retryable() => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(match last {
+        Some(e) => e.into(),
+        None => anyhow!("--server needs at least one address"),
+    })
+}
+
+/// The saved session of `--as`, or of the user who logged in last.
+fn saved_session(cli: &Cli, dir: &Path) -> anyhow::Result<Saved> {
     let name = match &cli.as_user {
         Some(name) => name.to_ascii_lowercase(),
         None => std::fs::read_to_string(dir.join("current"))
@@ -473,9 +566,12 @@ async fn logged_in(cli: &Cli, dir: &Path) -> anyhow::Result<(Saved, Client)> {
     };
     let raw = std::fs::read(session_path(dir, &name))
         .map_err(|_| anyhow!("no saved session for {name}: run `chat login {name}`"))?;
-    let saved: Saved = serde_json::from_slice(&raw).context("saved session is unreadable")?;
-    let client = Client::connect(&cli.server)
-        .await?
-        .with_token(&saved.token)?;
+    serde_json::from_slice(&raw).context("saved session is unreadable")
+}
+
+async fn logged_in(cli: &Cli, servers: &[String], dir: &Path) -> anyhow::Result<(Saved, Client)> {
+    let saved = saved_session(cli, dir)?;
+    let (_, client) = connect_any(servers).await?;
+    let client = client.with_token(&saved.token)?;
     Ok((saved, client))
 }
