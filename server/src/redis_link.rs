@@ -44,7 +44,7 @@ pub enum RedisUrlError {
 #[derive(Clone)]
 enum Deployment {
     Standalone(redis::Client),
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 /// Where Redis is, and the one command connection every user of it shares.
@@ -82,7 +82,7 @@ impl RedisLink {
                     .response_timeout(RESPONSE_TIMEOUT)
                     .build()
                     .map_err(invalid)?;
-                return Ok(RedisLink::new(Deployment::Cluster(client), url));
+                return Ok(RedisLink::new(Deployment::Cluster(Box::new(client)), url));
             }
         }
         if url.starts_with("redis://") || url.starts_with("rediss://") {
@@ -316,12 +316,12 @@ mod tests {
     fn urls_pick_the_deployment() {
         assert!(
             !RedisLink::parse("redis://127.0.0.1:6379")
-                .unwrap()
+                .expect("standalone")
                 .is_cluster()
         );
         assert!(
             RedisLink::parse("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
-                .unwrap()
+                .expect("cluster")
                 .is_cluster()
         );
         assert!(matches!(

@@ -8,8 +8,10 @@ import {
   browser,
   cli,
   screenshot,
+  sessionsOn,
   sqliteDatabase,
   startGateway,
+  startReplicas,
   startServer,
   test,
   withDeadline,
@@ -55,12 +57,46 @@ async function shownTexts(page) {
   return page.getByTestId("message-text").allTextContents();
 }
 
+/**
+ * Until the two pages' streams are on different replicas: the gateway balances by
+ * open calls, and a page's other calls can tie the count when its stream is placed.
+ */
+async function spreadOverReplicas(replicas, page) {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const counts = await Promise.all(replicas.map(sessionsOn));
+    if (counts.every((n) => n === 1)) return;
+    await page.reload();
+    await page.getByTestId("chat-app").waitFor();
+    await withDeadline(
+      (async () => {
+        while ((await Promise.all(replicas.map(sessionsOn))).reduce((a, b) => a + b) !== 2) {
+          await new Promise((ok) => setTimeout(ok, 50));
+        }
+      })(),
+      "both pages' streams",
+    );
+  }
+  assert.fail("the two pages never landed on different replicas");
+}
+
 test("two people chat: ticks turn delivered then read, typing shows, last seen follows", async () => {
   const server = await startServer(sqliteDatabase());
   const gateway = await startGateway([server]);
+  await twoPeopleChat(gateway, "", async () => {});
+});
+
+test("two people on two replicas behind one gateway chat as if on one server", async () => {
+  const replicas = await startReplicas(2);
+  const gateway = await startGateway(replicas);
+  await twoPeopleChat(gateway, "replicas-", (riya) => spreadOverReplicas(replicas, riya.page));
+});
+
+/** The two-people scenario; `placed` runs once both are signed up. */
+async function twoPeopleChat(gateway, tag, placed) {
   const chromium = await browser();
   const alex = await signUp(chromium, gateway, "alex");
   const riya = await signUp(chromium, gateway, "riya");
+  await placed(riya);
 
   await openChat(alex.page, "riya");
   await send(alex.page, "lunch?");
@@ -70,22 +106,22 @@ test("two people chat: ticks turn delivered then read, typing shows, last seen f
   await item.waitFor();
   await item.getByTestId("unread-badge").getByText("1", { exact: true }).waitFor();
   assert.equal(await ownMessage(alex.page, "lunch?", "read").count(), 0, "not read before Riya opens it");
-  await screenshot(alex.page, "alex-delivered");
+  await screenshot(alex.page, `${tag}alex-delivered`);
 
   await item.click();
   await riya.page.getByTestId("message-text").getByText("lunch?", { exact: true }).waitFor();
   await ownMessage(alex.page, "lunch?", "read").waitFor();
   await riya.page.locator('[data-testid=conversation-item][data-peer="alex"] [data-testid=unread-badge]').waitFor({ state: "detached" });
-  await screenshot(alex.page, "alex-read");
+  await screenshot(alex.page, `${tag}alex-read`);
 
   // Riya types: Alex sees it while she does.
   await riya.page.getByTestId("composer-input").pressSequentially("sure, where", { delay: 30 });
   await alex.page.getByTestId("typing-indicator").getByText("riya is typing").waitFor();
-  await screenshot(alex.page, "alex-sees-typing");
+  await screenshot(alex.page, `${tag}alex-sees-typing`);
   await riya.page.getByTestId("composer-input").press("Enter");
   await alex.page.getByTestId("message-text").getByText("sure, where", { exact: true }).waitFor();
   await alex.page.getByTestId("typing-indicator").waitFor({ state: "hidden" });
-  await screenshot(riya.page, "riya-chat");
+  await screenshot(riya.page, `${tag}riya-chat`);
 
   // Riya closes her page: Alex sees her go, with a last-seen time.
   await alex.page.getByTestId("chat-presence").getByText("online").waitFor();
@@ -95,8 +131,45 @@ test("two people chat: ticks turn delivered then read, typing shows, last seen f
     .locator('[data-testid=conversation-item][data-peer="riya"] [data-testid=presence-text]')
     .getByText(/last seen/)
     .waitFor();
-  await screenshot(alex.page, "alex-sees-last-seen");
+  await screenshot(alex.page, `${tag}alex-sees-last-seen`);
   assert.deepEqual(await shownTexts(alex.page), ["lunch?", "sure, where"]);
+}
+
+test("a replica dies while both browsers are connected: the pages recover, nothing is missing", async () => {
+  const replicas = await startReplicas(2);
+  const gateway = await startGateway(replicas);
+  const chromium = await browser();
+  const alex = await signUp(chromium, gateway, "alex");
+  const riya = await signUp(chromium, gateway, "riya");
+  await spreadOverReplicas(replicas, riya.page);
+  await openChat(alex.page, "riya");
+  await send(alex.page, "before the crash");
+  await riya.page.locator('[data-testid=conversation-item][data-peer="alex"]').click();
+  await ownMessage(alex.page, "before the crash", "read").waitFor();
+
+  // One of the two pages is on the replica that dies; the other replica takes it over.
+  await replicas[0].kill();
+  const pages = [alex.page, riya.page];
+  await Promise.any(
+    pages.map((page) => page.locator("[data-testid=connection-banner][data-state=reconnecting]").waitFor()),
+  );
+  await send(alex.page, "during the failover");
+  await send(riya.page, "still here");
+  await ownMessage(alex.page, "during the failover", "read").waitFor();
+  await ownMessage(riya.page, "still here", "read").waitFor();
+  for (const page of pages) {
+    await page.getByTestId("connection-banner").waitFor({ state: "hidden" });
+  }
+  await send(alex.page, "after the failover");
+  await riya.page.getByTestId("message-text").getByText("after the failover", { exact: true }).waitFor();
+  await screenshot(riya.page, "replica-failover");
+  const expected = ["before the crash", "during the failover", "still here", "after the failover"];
+  for (const page of pages) {
+    const shown = await shownTexts(page);
+    assert.deepEqual([...shown].sort(), [...expected].sort(), "each message once");
+    assert.equal(new Set(shown).size, shown.length, "no message twice");
+  }
+  assert.equal(await sessionsOn(replicas[1]), 2, "both pages now on the surviving replica");
 });
 
 test("a browser chats with a CLI user through the same gateway", async () => {

@@ -4,6 +4,8 @@
 // has a deadline.
 
 import { spawn, execFile } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { createServer } from "node:net";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -81,7 +83,10 @@ class Service {
         child.stdout.on("data", (chunk) => {
           buffered += chunk;
           const found = /listening on (\S+)/.exec(buffered);
-          if (found) ok(found[1]);
+          // Printed right after "listening on" when --metrics-listen is given.
+          const metrics = /metrics on (\S+)/.exec(buffered);
+          if (metrics) this.metricsUrl = metrics[1];
+          if (found && (metrics || !this.args.includes("--metrics-listen"))) ok(found[1]);
         });
         child.on("exit", (code) => fail(new Error(`${this.name} exited (${code}) before listening`)));
       }),
@@ -122,6 +127,81 @@ export function sqliteDatabase() {
   const dir = mkdtempSync(join(tmpdir(), "chat-browser-"));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   return `sqlite://${join(dir, "chat.db")}`;
+}
+
+/**
+ * A fresh Postgres database of this scenario's own, dropped at cleanup, on the server
+ * of DATABASE_URL (scripts/test sets it; else the local server, as postgres).
+ */
+export async function postgresDatabase() {
+  const admin = process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres";
+  const name = `chat_browser_${randomUUID().replaceAll("-", "")}`;
+  await run("psql", [admin, "-v", "ON_ERROR_STOP=1", "-qc", `CREATE DATABASE ${name}`]);
+  cleanups.push(() => run("psql", [admin, "-qc", `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`]));
+  const url = new URL(admin);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+/** A port nobody listens on right now. */
+async function freePort() {
+  return new Promise((ok, fail) => {
+    const probe = createServer();
+    probe.once("error", fail);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => ok(port));
+    });
+  });
+}
+
+/** A redis-server of this scenario's own, without persistence; returns its URL. */
+export async function startRedis() {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), "chat-redis-"));
+  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  cleanups.push(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((ok) => child.once("exit", ok));
+      child.kill("SIGKILL");
+      await exited;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await withDeadline(
+    new Promise((ok, fail) => {
+      let buffered = "";
+      child.stdout.on("data", (chunk) => {
+        buffered += chunk;
+        if (/Ready to accept connections/.test(buffered)) ok();
+      });
+      child.on("exit", (code) => fail(new Error(`redis-server exited (${code}) before it was ready`)));
+    }),
+    "redis-server to start",
+  );
+  return `redis://127.0.0.1:${port}`;
+}
+
+/** Two chat-server replicas on one new Postgres database and one new Redis. */
+export async function startReplicas(n = 2) {
+  const database = await postgresDatabase();
+  const redis = await startRedis();
+  const replicas = [];
+  for (let i = 0; i < n; i++) {
+    replicas.push(
+      await startServer(database, ["--redis-url", redis, "--redis-grace", "1s", "--metrics-listen", "127.0.0.1:0"]),
+    );
+  }
+  return replicas;
+}
+
+/** How many sessions (streams) `server` holds, from its Prometheus endpoint. */
+export async function sessionsOn(server) {
+  const text = await (await fetch(server.metricsUrl)).text();
+  const found = /^chat_sessions (\d+)/m.exec(text);
+  return found ? Number(found[1]) : 0;
 }
 
 /** A chat-server replica on `databaseUrl`, with rate limits out of a test's way. */

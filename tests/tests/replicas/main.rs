@@ -111,15 +111,13 @@ async fn wait_health(url: &str, want: ServingStatus) {
     }
 }
 
-fn converge_and_check(ledger: &Ledger) -> impl std::future::Future<Output = ()> + '_ {
-    async move {
-        let arrived = ledger.wait_until_received(CONVERGE).await;
-        let report = ledger.check();
-        // The report's own summary names the first few problems.
-        report.assert_clean();
-        assert!(arrived, "not everything arrived");
-        assert!(report.acked > 0, "the scenario acked nothing");
-    }
+async fn converge_and_check(ledger: &Ledger) {
+    let arrived = ledger.wait_until_received(CONVERGE).await;
+    let report = ledger.check();
+    // The report's own summary names the first few problems.
+    report.assert_clean();
+    assert!(arrived, "not everything arrived");
+    assert!(report.acked > 0, "the scenario acked nothing");
 }
 
 // --- live chat across replicas ---
