@@ -245,6 +245,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 /// A `chat-server` child process, for tests that kill it.
 pub struct ServerProcess {
     pub url: String,
+    /// `http://ADDR/metrics`, when started with `--metrics-listen`.
+    pub metrics_url: Option<String>,
     child: Child,
 }
 
@@ -277,16 +279,26 @@ impl ServerProcess {
             .expect("spawn chat-server");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(DEADLINE, async {
+        let wants_metrics = extra.contains(&"--metrics-listen");
+        let (addr, metrics_url) = tokio::time::timeout(DEADLINE, async {
+            let mut addr = None;
             while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    return addr.trim().to_owned();
+                if let Some(found) = line.strip_prefix("listening on ") {
+                    addr = Some(found.trim().to_owned());
+                    if !wants_metrics {
+                        return (addr, None);
+                    }
+                }
+                // Printed right after "listening on".
+                if let Some(found) = line.strip_prefix("metrics on ") {
+                    return (addr, Some(found.trim().to_owned()));
                 }
             }
             panic!("chat-server exited before listening");
         })
         .await
         .expect("chat-server did not start in time");
+        let addr = addr.expect("listening line");
         // Keep reading: the server logs to stdout, and a closed pipe would lose its logs.
         let tag = addr.clone();
         tokio::spawn(async move {
@@ -296,8 +308,31 @@ impl ServerProcess {
         });
         ServerProcess {
             url: format!("http://{addr}"),
+            metrics_url,
             child,
         }
+    }
+
+    /// The Prometheus text of a server started with `--metrics-listen`.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let url = self
+            .metrics_url
+            .as_deref()
+            .expect("started with --metrics-listen");
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics");
+        let mut tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to metrics");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut body = String::new();
+        tcp.read_to_string(&mut body).await.expect("read metrics");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        body
     }
 
     /// SIGKILL: no shutdown code runs.

@@ -23,6 +23,8 @@ use proto::server_frame::Kind as Out;
 
 /// Events buffered for the application before the session stops reading the stream.
 const EVENT_BUFFER: usize = 1024;
+/// Added to twice the server's heartbeat interval before a silent stream counts as dead.
+const SILENCE_SLACK: Duration = Duration::from_secs(2);
 
 /// How a session behaves.
 #[derive(Clone, Debug)]
@@ -258,11 +260,20 @@ impl Session {
         if !interval.is_zero() {
             tokio::spawn(heartbeat_loop(interval, frames.clone(), stop.clone()));
         }
+        // The server writes at least every heartbeat interval (a keep-alive when there
+        // is nothing else), so a longer silence means a dead path, found long before
+        // TCP or HTTP/2 keepalive would notice.
+        let server_interval = welcome
+            .heartbeat_interval
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(Duration::from_secs(15));
+        let silence_limit = server_interval * 2 + SILENCE_SLACK;
         tokio::spawn(read_loop(
             inbound,
             shared.clone(),
             events_tx,
             acks,
+            silence_limit,
             stop.clone(),
         ));
         Ok(Session {
@@ -363,17 +374,24 @@ async fn read_loop(
     shared: Arc<Shared>,
     events: mpsc::Sender<Event>,
     acks: Option<Arc<PendingAcks>>,
+    silence_limit: Duration,
     stop: CancellationToken,
 ) {
     let end = loop {
         let next = tokio::select! {
             _ = stop.cancelled() => break None,
-            next = inbound.message() => next,
+            next = tokio::time::timeout(silence_limit, inbound.message()) => next,
         };
         let frame = match next {
-            Ok(Some(response)) => response.frame.and_then(|f| f.kind),
-            Ok(None) => break None,
-            Err(status) => break Some(status),
+            Ok(Ok(Some(response))) => response.frame.and_then(|f| f.kind),
+            Ok(Ok(None)) => break None,
+            Ok(Err(status)) => break Some(status),
+            Err(_) => {
+                break Some(tonic::Status::unavailable(format!(
+                    "nothing from the server for {} s",
+                    silence_limit.as_secs()
+                )));
+            }
         };
         let event = match frame {
             Some(Out::Message(message)) => {
@@ -427,7 +445,7 @@ async fn read_loop(
             },
             Some(Out::Presence(p)) => Event::Presence(p),
             Some(Out::Typing(t)) => Event::Typing(t),
-            // Keep-alives only show the stream is alive; HTTP/2 pings do that here too.
+            // Keep-alives only show the stream is alive (they feed the silence limit).
             Some(Out::Welcome(_)) | Some(Out::KeepAlive(_)) | None => continue,
         };
         let delivered = tokio::select! {

@@ -62,6 +62,7 @@ impl Fleet {
             ("--presence-timeout", &presence_timeout),
             ("--database-pool-size", &pool),
             ("--shutdown-grace", "5s"),
+            ("--metrics-listen", "127.0.0.1:0"),
         ];
         // A flag may be given once: an override replaces the default.
         let mut args: Vec<&str> = defaults

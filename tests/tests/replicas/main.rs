@@ -371,6 +371,78 @@ async fn redis_killed_and_restarted_during_sends() {
     finish(to_riya, stop.clone(), 50).await;
     finish(to_alex, stop, 0).await;
     converge_and_check(&ledger).await;
+
+    // What an operator sees on each replica afterwards.
+    for i in 0..2 {
+        let metrics = fleet.replicas[i].as_ref().expect("running").metrics().await;
+        for needle in [
+            "chat_redis_connected 1",
+            "chat_sessions 1",
+            "chat_fanout_duration_seconds_bucket{path=\"local\"",
+            "chat_fanout_duration_seconds_bucket{path=\"redis\"",
+            "chat_redis_publishes_total{outcome=\"ok\"}",
+            "chat_send_duration_seconds_bucket",
+            "chat_message_deliveries_total",
+        ] {
+            assert!(
+                metrics.contains(needle),
+                "replica {i}: {needle} missing from\n{metrics}"
+            );
+        }
+        let reconnects = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("chat_redis_reconnects_total "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(reconnects >= 1.0, "replica {i} counted its redis reconnect");
+    }
+    alex.close();
+    riya.close();
+}
+
+#[tokio::test]
+async fn a_frozen_replica_is_left_for_another() {
+    let redis = RedisServer::start().await;
+    let mut fleet = Fleet::start(2, &redis.url()).await;
+    let (_, alex_creds) = fleet.register(0, "alex").await;
+    let (_, riya_creds) = fleet.register(1, "riya").await;
+    let ledger = Ledger::new();
+    let alex = Person::connect("alex", &alex_creds, vec![fleet.url(0)], &ledger).await;
+    let riya = Person::connect(
+        "riya",
+        &riya_creds,
+        vec![fleet.url(1), fleet.url(0)],
+        &ledger,
+    )
+    .await;
+    riya.wait_connected(1).await;
+    let first = alex.send(&ledger, "riya", "first").await.expect("acked");
+    ledger.expect("riya", &first.conversation_id);
+    let stop = CancellationToken::new();
+    let mut stream = steady_stream(
+        alex.sender.clone(),
+        ledger.clone(),
+        "alex",
+        "riya",
+        Duration::from_millis(10),
+        stop.clone(),
+    );
+    wait_acked(&mut stream.1, 30).await;
+    // Stopped, not dead: its sockets stay open and nothing answers. Only the silence
+    // on the stream (no keep-alive within two heartbeat intervals) gives it away.
+    fleet.replica(1).sigstop().await;
+    finish(stream, stop, 60).await;
+    converge_and_check(&ledger).await;
+    riya.wait_connected(2).await;
+    assert!(
+        riya.states().iter().any(|s| matches!(
+            s,
+            ConnectionState::Disconnected { reason, .. } if reason.contains("nothing from the server")
+        )),
+        "the silence was noticed: {:?}",
+        riya.states()
+    );
+    fleet.replica(1).sigcont().await;
     alex.close();
     riya.close();
 }
