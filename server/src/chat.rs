@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
+use crate::directory::Directory;
 use crate::domain::{
     ClientMsgId, ConversationId, Event, Message, MessageStatus, MessageText, PresenceState,
     Receipt, Timestamp, UserId, UserName, UserRef,
@@ -108,6 +109,8 @@ pub struct Chat {
     pub presence: PresenceTracker,
     pub registry: Arc<dyn PresenceRegistry>,
     pub limits: Limits,
+    /// Names and direct conversations already read from the store.
+    directory: Directory,
     limiter: RateLimiter,
     typing_limiter: RateLimiter,
     /// Users whose presence may have changed, for the announcer task.
@@ -128,6 +131,7 @@ impl Chat {
             limiter: RateLimiter::new(limits.send_rate_per_second, limits.send_burst),
             typing_limiter: RateLimiter::new(f64::from(TYPING_PER_SECOND), TYPING_BURST),
             changed: ChangedUsers::default(),
+            directory: Directory::default(),
             store,
             bus,
             hub,
@@ -199,8 +203,12 @@ impl Chat {
                 "too many messages; slow down and retry".into(),
             ));
         }
-        if let Some(peer) = new_peer {
+        if let Some(peer) = new_peer
+            && self.directory.direct_members(conversation).is_none()
+        {
             self.store.ensure_direct(me.id, peer).await?;
+            self.directory
+                .remember_members(conversation, &[me.id, peer]);
         }
         let new = NewMessage {
             conversation_id: conversation,
@@ -649,11 +657,17 @@ impl Chat {
 
     async fn find_user(&self, raw: &str) -> Result<UserRef, ChatError> {
         let name = UserName::parse(raw).map_err(|_| not_found_user(raw))?;
-        self.store
+        if let Some(user) = self.directory.user(&name) {
+            return Ok(user);
+        }
+        let user = self
+            .store
             .user_by_name(&name)
             .await?
             .map(|c| c.user)
-            .ok_or_else(|| not_found_user(raw))
+            .ok_or_else(|| not_found_user(raw))?;
+        self.directory.remember_user(&user);
+        Ok(user)
     }
 
     async fn require_member(
@@ -674,13 +688,20 @@ impl Chat {
         conversation: ConversationId,
         user: UserId,
     ) -> Result<Vec<UserId>, ChatError> {
-        let members: Vec<UserId> = self
-            .store
-            .members(conversation)
-            .await?
-            .into_iter()
-            .map(|r| r.user.id)
-            .collect();
+        let members: Vec<UserId> = match self.directory.direct_members(conversation) {
+            Some(members) => members.to_vec(),
+            None => {
+                let members: Vec<UserId> = self
+                    .store
+                    .members(conversation)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.user.id)
+                    .collect();
+                self.directory.remember_members(conversation, &members);
+                members
+            }
+        };
         if !members.contains(&user) {
             return Err(not_found_conversation());
         }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bus;
 pub mod chat;
 pub mod config;
+pub mod directory;
 pub mod domain;
 pub mod error;
 pub mod hub;

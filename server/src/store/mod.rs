@@ -7,6 +7,7 @@
 //! idempotent sends keyed by (conversation, sender, client_msg_id), and forward-only
 //! receipt watermarks clamped to `last_seq`.
 
+pub(crate) mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 

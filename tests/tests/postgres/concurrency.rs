@@ -159,3 +159,65 @@ async fn one_client_msg_id_from_two_replicas_is_stored_once() {
     r1.shutdown().await;
     r2.shutdown().await;
 }
+
+/// Sends into many conversations at once share a commit (group commit), retries
+/// racing their originals included: each conversation's seqs stay gapless, each
+/// message is stored once, a retry gets its original's seq, and senders' own
+/// messages do not count as unread for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_sends_into_many_conversations_stay_exact() {
+    const PAIRS: usize = 30;
+    const EACH: usize = 15;
+    let server = TestServer::spawn_with(StoreKind::Postgres, &["--database-pool-size", "4"]).await;
+    let mut pairs = Vec::new();
+    for i in 0..PAIRS {
+        let sender = server.user(&format!("sender{i}")).await;
+        let _peer = server.user(&format!("peer{i}")).await;
+        pairs.push((sender, format!("peer{i}")));
+    }
+    let tasks: Vec<_> = pairs
+        .into_iter()
+        .map(|(sender, peer)| {
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                for j in 0..EACH {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    let text = format!("{peer} #{j}");
+                    // The send and its retry race each other into the same groups.
+                    let (first, retry) = tokio::join!(
+                        sender
+                            .client
+                            .send_with_id(Target::User(peer.clone()), &id, &text),
+                        sender
+                            .client
+                            .send_with_id(Target::User(peer.clone()), &id, &text)
+                    );
+                    let (first, retry) = (first.expect("send"), retry.expect("retry"));
+                    assert_eq!(first.seq, retry.seq, "a retry gets its original's seq");
+                    assert_eq!(first.message_id, retry.message_id);
+                    assert!(
+                        first.duplicate != retry.duplicate,
+                        "exactly one of the two stored it"
+                    );
+                    acks.push(first);
+                }
+                (sender, acks)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (sender, acks) = task.await.expect("sender task");
+        let conversation = acks[0].conversation_id.clone();
+        let stored = all_messages(&sender.client, &conversation).await;
+        assert_eq!(
+            seqs(&stored),
+            (1..=EACH as u64).collect::<Vec<_>>(),
+            "gapless, each message once"
+        );
+        let mut acked: Vec<u64> = acks.iter().map(|a| a.seq).collect();
+        acked.sort_unstable();
+        assert_eq!(acked, seqs(&stored));
+        let list = sender.client.conversations().await.expect("list");
+        assert_eq!(list[0].unread, 0, "own messages are not unread");
+    }
+}

@@ -7,7 +7,10 @@
 //! atomic without an explicit transaction and costs one round trip; a unique violation
 //! on the idempotency key rolls the whole statement back, so a duplicate burns no seq.
 
+mod writes;
+
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +19,7 @@ use sqlx::types::time::OffsetDateTime;
 use sqlx::{ConnectOptions, Connection, Row};
 use uuid::Uuid;
 
+use super::group_commit::{AppendWrite, GroupCommit, ReceiptWrite};
 use super::{
     Appended, ConversationSummary, DeviceSession, NewMessage, Position, ReceiptUpdate, Store,
     StoreError, StoreOptions, UserCredentials,
@@ -27,6 +31,8 @@ use crate::domain::{
 
 pub struct PostgresStore {
     pool: PgPool,
+    appends: GroupCommit<AppendWrite>,
+    receipts: GroupCommit<ReceiptWrite>,
 }
 
 impl PostgresStore {
@@ -34,8 +40,14 @@ impl PostgresStore {
     /// replicas starting together migrate once).
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         Self::migrate(url).await?;
+        let pool = connect(url, options).await?;
+        // Half the pool commits writes, so reads always find a connection.
+        let committers = (options.pool_size as usize / 2).max(1);
+        let writer = Arc::new(writes::Writer::new(pool.clone()));
         Ok(PostgresStore {
-            pool: connect(url, options).await?,
+            appends: GroupCommit::start(writer.clone(), committers, writes::MAX_BATCH),
+            receipts: GroupCommit::start(writer, committers, writes::MAX_BATCH),
+            pool,
         })
     }
 
@@ -71,6 +83,10 @@ async fn connect(url: &str, options: &StoreOptions) -> Result<PgPool, StoreError
         // While the database is down a call waits this long for a connection, then
         // fails with UNAVAILABLE; the pool reconnects by itself when it is back.
         .acquire_timeout(options.statement_timeout.max(Duration::from_secs(1)))
+        // No ping before each use: it doubled the round trips of a send. A connection
+        // that died meanwhile fails its statement with UNAVAILABLE, which callers retry,
+        // and the pool replaces it.
+        .test_before_acquire(false)
         .connect_with(connect)
         .await
         .map_err(classify)
@@ -200,38 +216,8 @@ macro_rules! select_members {
 const FIND_SENT: &str =
     select_messages!("m.conversation_id = $1 AND m.sender_id = $2 AND m.client_msg_id = $3");
 
-/// One send in one statement, so it is atomic and needs no explicit transaction.
-///
-/// - `prior`: a retry of a stored send finds its original here and changes nothing
-///   (no lock, no seq). It reads the statement's snapshot, so two copies racing each
-///   other both miss it: then the unique key stops the second, and the whole statement
-///   rolls back (no seq burnt).
-/// - `c`: the UPDATE takes the conversation's row lock, so concurrent sends to one
-///   conversation queue here, and each increments the latest committed `last_seq`.
-/// - `own`: the sender's own message is not unread for them, but only when they had
-///   read everything before it. The condition sits in the SET, not the WHERE: after
-///   waiting on the lock, Postgres re-evaluates SET expressions on the newest row
-///   version, while a WHERE that failed on the old snapshot would skip the row for good.
-const APPEND: &str = "WITH prior AS ( \
-         SELECT seq, id, body, created_at FROM messages \
-         WHERE conversation_id = $1 AND sender_id = $3 AND client_msg_id = $4), \
-     c AS ( \
-         UPDATE conversations SET last_seq = last_seq + 1, last_message_at = $6, \
-             last_message_id = $2, last_sender_id = $3, last_client_msg_id = $4, last_body = $5 \
-         WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM prior) RETURNING last_seq), \
-     m AS ( \
-         INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, body, created_at) \
-         SELECT $1, c.last_seq, $2, $3, $4, $5, $6 FROM c RETURNING seq), \
-     own AS ( \
-         UPDATE members SET \
-             delivered_seq = CASE WHEN read_seq = m.seq - 1 \
-                 THEN GREATEST(delivered_seq, m.seq) ELSE delivered_seq END, \
-             read_seq = CASE WHEN read_seq = m.seq - 1 THEN m.seq ELSE read_seq END \
-         FROM m WHERE conversation_id = $1 AND user_id = $3) \
-     SELECT seq, NULL::uuid AS id, NULL::text AS body, NULL::timestamptz AS created_at, \
-            false AS duplicate FROM m \
-     UNION ALL \
-     SELECT seq, id, body, created_at, true FROM prior";
+/// One member's receipt in one conversation.
+const MEMBERSHIP: &str = select_members!("m.conversation_id = $1 AND m.user_id = $2");
 
 /// A page of history after a seq: one conversation, one partition, the primary key's
 /// order. Public so that a test can assert on its plan.
@@ -429,7 +415,7 @@ impl Store for PostgresStore {
         conversation: ConversationId,
         user: UserId,
     ) -> Result<Option<Receipt>, StoreError> {
-        let row = sqlx::query(select_members!("m.conversation_id = $1 AND m.user_id = $2"))
+        let row = sqlx::query(MEMBERSHIP)
             .bind(conversation.0)
             .bind(user.0)
             .fetch_optional(&self.pool)
@@ -562,67 +548,7 @@ impl Store for PostgresStore {
     // --- messages ---
 
     async fn append_message(&self, new: NewMessage) -> Result<Appended, StoreError> {
-        let id = MessageId(Uuid::now_v7());
-        let now = Timestamp::now();
-        let stored = sqlx::query(APPEND)
-            .bind(new.conversation_id.0)
-            .bind(id.0)
-            .bind(new.sender.id.0)
-            .bind(new.client_msg_id.as_str())
-            .bind(new.text.as_str())
-            .bind(to_time(now)?)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(classify);
-        match stored {
-            Ok(Some(row)) if get::<bool>(&row, "duplicate")? => Ok(Appended {
-                message: Message {
-                    conversation_id: new.conversation_id,
-                    seq: seq_col(&row, "seq")?,
-                    id: MessageId(get(&row, "id")?),
-                    sender: new.sender,
-                    client_msg_id: new.client_msg_id,
-                    text: MessageText::from_stored(get(&row, "body")?),
-                    sent_at: time_col(&row, "created_at")?,
-                },
-                duplicate: true,
-            }),
-            Ok(Some(row)) => Ok(Appended {
-                message: Message {
-                    conversation_id: new.conversation_id,
-                    seq: seq_col(&row, "seq")?,
-                    id,
-                    sender: new.sender,
-                    client_msg_id: new.client_msg_id,
-                    text: new.text,
-                    sent_at: now,
-                },
-                duplicate: false,
-            }),
-            Ok(None) => Err(StoreError::Corrupt(format!(
-                "conversation {} does not exist",
-                new.conversation_id
-            ))),
-            // A copy of this send committed while this one waited for the lock: the
-            // statement rolled back whole, so the seq was not burnt; answer with the
-            // original.
-            Err(StoreError::Conflict) => {
-                match self
-                    .find_sent(new.conversation_id, new.sender.id, &new.client_msg_id)
-                    .await?
-                {
-                    Some(message) => Ok(Appended {
-                        message,
-                        duplicate: true,
-                    }),
-                    None => Err(StoreError::Corrupt(format!(
-                        "unique violation on a send to {} without a stored original",
-                        new.conversation_id
-                    ))),
-                }
-            }
-            Err(e) => Err(e),
-        }
+        self.appends.apply(AppendWrite::new(new)).await
     }
 
     async fn find_sent(
@@ -687,39 +613,14 @@ impl Store for PostgresStore {
         delivered_seq: u64,
         read_seq: u64,
     ) -> Result<Option<ReceiptUpdate>, StoreError> {
-        // One statement: clamp to last_seq, only forward, read implies delivered. The
-        // WHERE skips the write when nothing would move; then the row is read as is.
-        let row = sqlx::query(
-            "UPDATE members m \
-             SET read_seq = GREATEST(m.read_seq, LEAST($4, c.last_seq)), \
-                 delivered_seq = GREATEST(m.delivered_seq, LEAST($3, c.last_seq), LEAST($4, c.last_seq)) \
-             FROM conversations c, users u \
-             WHERE m.conversation_id = $1 AND m.user_id = $2 \
-               AND c.id = m.conversation_id AND u.id = m.user_id \
-               AND (LEAST($4, c.last_seq) > m.read_seq \
-                    OR GREATEST(LEAST($3, c.last_seq), LEAST($4, c.last_seq)) > m.delivered_seq) \
-             RETURNING m.conversation_id, m.user_id, u.name AS user_name, m.delivered_seq, m.read_seq",
-        )
-        .bind(conversation.0)
-        .bind(user.0)
-        .bind(seq_param(delivered_seq))
-        .bind(seq_param(read_seq))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?;
-        if let Some(row) = row {
-            return Ok(Some(ReceiptUpdate {
-                receipt: receipt_from_row(&row)?,
-                changed: true,
-            }));
-        }
-        Ok(self
-            .membership(conversation, user)
-            .await?
-            .map(|receipt| ReceiptUpdate {
-                receipt,
-                changed: false,
-            }))
+        self.receipts
+            .apply(ReceiptWrite {
+                conversation,
+                user,
+                delivered: delivered_seq,
+                read: read_seq,
+            })
+            .await
     }
 }
 
