@@ -99,6 +99,14 @@ impl Client {
         })
     }
 
+    /// Uses a channel made elsewhere (e.g. with a custom connector), not logged in.
+    pub fn from_channel(channel: Channel) -> Self {
+        Client {
+            channel,
+            bearer: Bearer(None),
+        }
+    }
+
     /// The same connection, authenticated with `token`.
     pub fn with_token(&self, token: &str) -> Result<Self, Error> {
         Ok(Client {
