@@ -30,6 +30,11 @@ pub(crate) struct Args {
     #[arg(long, value_parser = positive)]
     pub(crate) duration: Option<f64>,
 
+    /// Seconds of unrecorded load before the first measured round (throughput,
+    /// latency), so that connection pools, prepared statements and caches are warm.
+    #[arg(long, default_value_t = 5.0, value_parser = non_negative)]
+    pub(crate) warmup: f64,
+
     /// Also write the results here as JSON.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,

@@ -39,6 +39,20 @@ const SENT: u8 = 1;
 const ACKED: u8 = 2;
 const DELIVERED: u8 = 4;
 
+/// Runs unrecorded load at `rate` for `seconds` (round 0), and hands the pairs back.
+pub(crate) async fn warm_up(
+    pairs: Vec<Pair>,
+    rate: f64,
+    seconds: f64,
+) -> anyhow::Result<Vec<Pair>> {
+    if seconds <= 0.0 {
+        return Ok(pairs);
+    }
+    println!("warming up for {seconds:.0} s at {rate:.0}/s (not recorded)");
+    let (pairs, _) = run_round(pairs, rate, Duration::from_secs_f64(seconds), 0).await?;
+    Ok(pairs)
+}
+
 /// A sender device and the receiver device it sends to.
 pub(crate) struct Pair {
     sender: SenderDevice,

@@ -19,7 +19,7 @@ use crate::domain::{
 };
 use crate::error::ChatError;
 use crate::hub::Hub;
-use crate::presence::{PresenceRegistry, PresenceTracker};
+use crate::presence::{Beat, PresenceRegistry, PresenceTracker};
 use crate::ratelimit::RateLimiter;
 use crate::store::{Appended, ConversationSummary, DeviceSession, NewMessage, Store};
 
@@ -547,11 +547,13 @@ impl Chat {
         }
     }
 
-    /// A sign of life. Every beat is settled, not only flips: a shared registry
-    /// learns that the device is still alive this way.
+    /// A sign of life. Besides flips, a few beats per presence timeout are settled:
+    /// a shared registry learns that the device is still alive this way.
     pub fn heartbeat(&self, device: &DeviceSession) {
-        self.presence.heartbeat(device.user.id, device.id);
-        self.changed.push(device.user.id);
+        match self.presence.heartbeat(device.user.id, device.id) {
+            Beat::Flipped | Beat::Refresh => self.changed.push(device.user.id),
+            Beat::Quiet => {}
+        }
     }
 
     /// Expires stale heartbeats and forgets idle rate-limit buckets; runs periodically.

@@ -35,9 +35,9 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
-    /// Database connections: the Postgres pool size, or SQLite's read connections
-    /// (SQLite writes through one).
-    #[arg(long, env = "CHAT_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    /// Database connections: on Postgres all of them (up to 4 commit grouped writes,
+    /// the rest serve reads), on SQLite the read connections (SQLite writes through one).
+    #[arg(long, env = "CHAT_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..), global = true)]
     pub database_pool_size: u32,
 
     /// Longest a database statement may run (Postgres `statement_timeout`), and longest

@@ -14,6 +14,7 @@ pub(crate) async fn run(args: &Args, report: &mut Report) -> anyhow::Result<bool
     let pairs = load::open_pairs(&dialer, accounts).await?;
     let rate = args.rate_or(10_000.0);
     let duration = args.duration_or(60.0);
+    let pairs = load::warm_up(pairs, rate, args.warmup).await?;
 
     report::print_header();
     let (pairs, outcome) = load::run_round(pairs, rate, duration, 1).await?;

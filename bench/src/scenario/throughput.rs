@@ -21,6 +21,7 @@ pub(crate) async fn run(args: &Args, report: &mut Report) -> anyhow::Result<bool
     let mut pairs = load::open_pairs(&dialer, accounts).await?;
     let duration = args.duration_or(60.0);
     let mut rate = args.rate_or(1000.0);
+    pairs = load::warm_up(pairs, rate, args.warmup).await?;
     let mut best: Option<Row> = None;
     let mut last: Option<Row> = None;
     let mut clean = true;

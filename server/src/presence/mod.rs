@@ -79,9 +79,21 @@ pub struct LocalDevices {
     pub devices: Vec<(DeviceId, Timestamp)>,
 }
 
+/// What a heartbeat changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// The user came back online.
+    Flipped,
+    /// Nothing changed, but a shared registry should hear the device is alive.
+    Refresh,
+    Quiet,
+}
+
 struct DeviceState {
     streams: u32,
     last_beat: Instant,
+    /// When a shared registry was last told of this device.
+    last_reported: Instant,
     /// `last_beat` on the wall clock, which other replicas share.
     last_beat_at: Timestamp,
 }
@@ -144,6 +156,7 @@ impl PresenceTracker {
         let d = state.devices.entry(device).or_insert(DeviceState {
             streams: 0,
             last_beat: now,
+            last_reported: now,
             last_beat_at: Timestamp::now(),
         });
         d.streams += 1;
@@ -174,22 +187,35 @@ impl PresenceTracker {
         self.settle(state, now)
     }
 
-    /// A sign of life from a device with an open stream; true if the user came back online.
-    pub fn heartbeat(&self, user: UserId, device: DeviceId) -> bool {
+    /// A sign of life from a device with an open stream: whether the user came back
+    /// online, or is due to tell a shared registry it is still alive.
+    pub fn heartbeat(&self, user: UserId, device: DeviceId) -> Beat {
         let now = Instant::now();
         let Ok(mut users) = self.users.lock() else {
-            return false;
+            return Beat::Quiet;
         };
         let Some(state) = users.get_mut(&user) else {
-            return false;
+            return Beat::Quiet;
         };
         let Some(d) = state.devices.get_mut(&device) else {
-            return false;
+            return Beat::Quiet;
         };
         d.last_beat = now;
-        d.last_beat_at = Timestamp::now();
+        // Every client frame is a sign of life, so beats can come thousands of times a
+        // second; a shared registry hears of them a few times per timeout.
+        let refresh = now.duration_since(d.last_reported) >= self.timeout / 4;
+        if refresh {
+            d.last_reported = now;
+            d.last_beat_at = Timestamp::now();
+        }
         state.last_active = Timestamp::now();
-        self.settle(state, now)
+        if self.settle(state, now) {
+            Beat::Flipped
+        } else if refresh {
+            Beat::Refresh
+        } else {
+            Beat::Quiet
+        }
     }
 
     /// This process's fresh devices of `user`. Forgets a user with no devices left:
@@ -319,7 +345,7 @@ mod tests {
         let later = Instant::now() + Duration::from_millis(40);
         assert_eq!(p.sweep_at(later), vec![u.id]);
         assert!(p.sweep_at(later).is_empty(), "reported once");
-        assert!(p.heartbeat(u.id, d));
+        assert_eq!(p.heartbeat(u.id, d), Beat::Flipped);
     }
 
     #[test]

@@ -41,9 +41,12 @@ impl PostgresStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         Self::migrate(url).await?;
         let pool = connect(url, options).await?;
-        // Half the pool commits writes, so reads always find a connection.
-        let committers = (options.pool_size as usize / 2).max(1);
-        let writer = Arc::new(writes::Writer::new(pool.clone()));
+        // Few committers, so that writes queue while a group commits and the next group
+        // is large: with as many committers as writes in flight, every group would be
+        // one write again. Two keep a commit's round trip from idling the other.
+        let writers = connect_writers(url, options).await?;
+        let committers = (writer_connections(options) as usize / 2).max(1);
+        let writer = Arc::new(writes::Writer::new(writers));
         Ok(PostgresStore {
             appends: GroupCommit::start(writer.clone(), committers, writes::MAX_BATCH),
             receipts: GroupCommit::start(writer, committers, writes::MAX_BATCH),
@@ -69,7 +72,35 @@ impl PostgresStore {
     }
 }
 
+/// Connections that commit grouped writes, out of the pool size.
+fn writer_connections(options: &StoreOptions) -> u32 {
+    (options.pool_size / 2).clamp(1, 2 * COMMITTERS as u32)
+}
+
+/// The pool for reads and single writes: the pool size less the writers'.
 async fn connect(url: &str, options: &StoreOptions) -> Result<PgPool, StoreError> {
+    let readers = options
+        .pool_size
+        .saturating_sub(writer_connections(options))
+        .max(1);
+    pool(url, options, readers, &[]).await
+}
+
+/// The committers' pool. Their group statements join arrays to tables by key; the
+/// planner, which cannot know an array holds a few hundred rows, would hash-join them
+/// with full scans of `members` and `conversations` (and of every `messages`
+/// partition). Without hash and merge joins every lookup goes through its index.
+async fn connect_writers(url: &str, options: &StoreOptions) -> Result<PgPool, StoreError> {
+    let settings = [("enable_hashjoin", "off"), ("enable_mergejoin", "off")];
+    pool(url, options, writer_connections(options), &settings).await
+}
+
+async fn pool(
+    url: &str,
+    options: &StoreOptions,
+    size: u32,
+    settings: &[(&str, &str)],
+) -> Result<PgPool, StoreError> {
     // At least 1 ms: a statement_timeout of 0 would mean "no timeout".
     let timeout_ms = options.statement_timeout.as_millis().max(1).to_string();
     let connect = PgConnectOptions::from_str(url)
@@ -77,9 +108,10 @@ async fn connect(url: &str, options: &StoreOptions) -> Result<PgPool, StoreError
         .application_name("chat-server")
         // A statement stuck behind a lock or a sick disk fails (and the send is retried
         // by the client with the same id) instead of holding a pool connection forever.
-        .options([("statement_timeout", timeout_ms.as_str())]);
+        .options([("statement_timeout", timeout_ms.as_str())])
+        .options(settings.iter().copied());
     PgPoolOptions::new()
-        .max_connections(options.pool_size.max(1))
+        .max_connections(size.max(1))
         // While the database is down a call waits this long for a connection, then
         // fails with UNAVAILABLE; the pool reconnects by itself when it is back.
         .acquire_timeout(options.statement_timeout.max(Duration::from_secs(1)))
@@ -215,6 +247,10 @@ macro_rules! select_members {
 
 const FIND_SENT: &str =
     select_messages!("m.conversation_id = $1 AND m.sender_id = $2 AND m.client_msg_id = $3");
+
+/// Committer tasks per kind of write (sends, receipts); each holds a connection only
+/// while it commits.
+const COMMITTERS: usize = 2;
 
 /// One member's receipt in one conversation.
 const MEMBERSHIP: &str = select_members!("m.conversation_id = $1 AND m.user_id = $2");

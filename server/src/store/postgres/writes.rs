@@ -196,8 +196,10 @@ const APPEND_BATCH: &str = "WITH input AS ( \
              AS t(conversation_id, id, sender_id, client_msg_id, body, created_at, ord)), \
      prior AS ( \
          SELECT i.ord, m.seq, m.id, m.body, m.created_at FROM input i \
-         JOIN messages m ON m.conversation_id = i.conversation_id \
-             AND m.sender_id = i.sender_id AND m.client_msg_id = i.client_msg_id), \
+         CROSS JOIN LATERAL ( \
+             SELECT seq, id, body, created_at FROM messages \
+             WHERE conversation_id = i.conversation_id AND sender_id = i.sender_id \
+               AND client_msg_id = i.client_msg_id) m), \
      fresh AS ( \
          SELECT i.* FROM input i WHERE NOT EXISTS (SELECT 1 FROM prior p WHERE p.ord = i.ord)), \
      locked AS ( \
