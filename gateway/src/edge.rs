@@ -275,19 +275,25 @@ fn declared_length(request: &Request<Incoming>) -> Option<usize> {
         .and_then(|v| v.parse().ok())
 }
 
-/// 200 while at least one replica is healthy: what a load balancer in front asks.
+/// 200 while some replica takes calls (a healthy one, or failing that one that still
+/// answers): what a load balancer in front asks.
 fn health(upstreams: &Upstreams) -> Response<Body> {
     let all = upstreams.all();
     let healthy = all.iter().filter(|u| u.is_healthy()).count();
-    let status = if healthy > 0 {
+    let degraded = all
+        .iter()
+        .filter(|u| !u.is_healthy() && u.is_reachable())
+        .count();
+    let status = if healthy + degraded > 0 {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    plain(
-        status,
-        &format!("{healthy} of {} replicas healthy\n", all.len()),
-    )
+    let mut text = format!("{healthy} of {} replicas healthy\n", all.len());
+    if degraded > 0 {
+        text.push_str(&format!("{degraded} answering but not serving\n"));
+    }
+    plain(status, &text)
 }
 
 /// A grpc-web "trailers-only" answer with RESOURCE_EXHAUSTED: a grpc-web client reads the

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -34,9 +34,17 @@ pub struct Upstream {
     health_channel: Channel,
     streams_per_connection: usize,
     open: AtomicUsize,
-    healthy: AtomicBool,
+    health: AtomicU8,
     stop: CancellationToken,
 }
+
+/// What the last health check (or call) said of a replica.
+const SERVING: u8 = 0;
+/// It answers, but says NOT_SERVING: cut off from the other replicas (Redis), or
+/// shutting down. Used only when no replica is serving: it still stores sends.
+const DEGRADED: u8 = 1;
+/// No answer, or a call could not reach it.
+const DOWN: u8 = 2;
 
 /// One HTTP/2 connection to a replica and the calls open on it.
 struct Connection {
@@ -67,7 +75,7 @@ impl Upstream {
             open: AtomicUsize::new(0),
             // Unknown until the first check, which runs at once; optimistic so that a
             // fresh gateway serves.
-            healthy: AtomicBool::new(true),
+            health: AtomicU8::new(SERVING),
             stop,
         }))
     }
@@ -86,7 +94,12 @@ impl Upstream {
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.load(Ordering::Relaxed) == SERVING
+    }
+
+    /// Answering health checks, whatever it says.
+    pub fn is_reachable(&self) -> bool {
+        self.health.load(Ordering::Relaxed) != DOWN
     }
 
     fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Connection>>> {
@@ -137,19 +150,19 @@ impl Upstream {
     /// A call failed to reach the replica: stop routing to it until a health check
     /// passes again.
     pub fn mark_failed(&self) {
-        self.set_healthy(false);
+        self.set_health(DOWN);
     }
 
-    fn set_healthy(&self, healthy: bool) {
-        let was = self.healthy.swap(healthy, Ordering::Relaxed);
-        if was != healthy {
-            if healthy {
-                tracing::info!(upstream = %self.label, "replica healthy");
-            } else {
-                tracing::warn!(upstream = %self.label, "replica unhealthy");
+    fn set_health(&self, health: u8) {
+        let was = self.health.swap(health, Ordering::Relaxed);
+        if was != health {
+            match health {
+                SERVING => tracing::info!(upstream = %self.label, "replica healthy"),
+                DEGRADED => tracing::warn!(upstream = %self.label, "replica says NOT_SERVING"),
+                _ => tracing::warn!(upstream = %self.label, "replica unreachable"),
             }
         }
-        metrics::upstream_healthy(&self.label, healthy);
+        metrics::upstream_healthy(&self.label, health == SERVING);
     }
 
     async fn check_health(self: Arc<Self>, every: Duration) {
@@ -166,11 +179,14 @@ impl Upstream {
             };
             // A busy replica may answer slowly; only a missing answer is a failure.
             let patience = every.max(Duration::from_secs(1));
-            let healthy = match tokio::time::timeout(patience, client.check(request)).await {
-                Ok(Ok(response)) => response.into_inner().status == ServingStatus::Serving as i32,
-                Ok(Err(_)) | Err(_) => false,
+            let health = match tokio::time::timeout(patience, client.check(request)).await {
+                Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => {
+                    SERVING
+                }
+                Ok(Ok(_)) => DEGRADED,
+                Ok(Err(_)) | Err(_) => DOWN,
             };
-            self.set_healthy(healthy);
+            self.set_health(health);
         }
     }
 }
@@ -222,9 +238,17 @@ impl Upstreams {
     /// Power of two choices: two distinct healthy replicas at random, the one with fewer
     /// open calls wins. Close to least-loaded without every caller piling onto the same
     /// replica between two updates of the counts.
+    ///
+    /// When no replica is healthy but some still answer (all of them cut off from Redis,
+    /// say), those take the calls: they still store every send and serve their own
+    /// sessions, which beats refusing everyone.
     pub fn pick(&self) -> Option<Arc<Upstream>> {
-        let healthy: Vec<Arc<Upstream>> =
-            self.all().into_iter().filter(|u| u.is_healthy()).collect();
+        let all = self.all();
+        let mut healthy: Vec<Arc<Upstream>> =
+            all.iter().filter(|u| u.is_healthy()).cloned().collect();
+        if healthy.is_empty() {
+            healthy = all.into_iter().filter(|u| u.is_reachable()).collect();
+        }
         let mut rng = rand::rng();
         match healthy.len() {
             0 => None,

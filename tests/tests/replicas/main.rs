@@ -616,3 +616,34 @@ async fn reconnect_herd_of_500_sessions_lands_on_the_survivor() {
         person.close();
     }
 }
+
+// --- the gateway when every replica is cut off ---
+
+#[tokio::test]
+async fn the_gateway_keeps_routing_when_every_replica_is_cut_off_from_redis() {
+    let mut redis = RedisServer::start().await;
+    let fleet = Fleet::start(2, &redis.url()).await;
+    let (r1, r2) = (fleet.url(0), fleet.url(1));
+    let gateway = chat_tests::TestGateway::spawn(&[&r1, &r2], &[]).await;
+    gateway.wait_for_healthy(2).await;
+    let (_, alex_creds) = fleet.register(0, "alex").await;
+    let (_, _riya) = fleet.register(1, "riya").await;
+
+    redis.kill().await;
+    wait_health(&r1, ServingStatus::NotServing).await;
+    wait_health(&r2, ServingStatus::NotServing).await;
+    gateway.wait_for_healthy(0).await;
+    // No replica is healthy, but both still store sends: the gateway uses them rather
+    // than refusing everyone.
+    let alex = chat_sdk::Client::connect(&gateway.url)
+        .await
+        .expect("connect through the gateway")
+        .with_token(&alex_creds.token)
+        .expect("token");
+    let ack = alex
+        .send(Target::User("riya".into()), "while redis is away")
+        .await
+        .expect("a send through a gateway whose replicas are all cut off");
+    assert_eq!(ack.seq, 1);
+    gateway.shutdown().await;
+}
