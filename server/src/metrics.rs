@@ -29,3 +29,6 @@ pub const REDIS_CONNECTED: &str = "chat_redis_connected";
 pub const REDIS_PUBLISHES: &str = "chat_redis_publishes_total";
 /// Counter: Redis presence operations that failed and will be retried.
 pub const PRESENCE_ERRORS: &str = "chat_presence_errors_total";
+/// Counter: group statements that failed as a whole (a retry racing its original on
+/// another replica, a deadlock) and were answered write by write, by `write`.
+pub const GROUP_FALLBACKS: &str = "chat_store_group_fallbacks_total";

@@ -221,3 +221,73 @@ async fn grouped_sends_into_many_conversations_stay_exact() {
         assert_eq!(list[0].unread, 0, "own messages are not unread");
     }
 }
+
+/// Retries of sends into many conversations at once, through two replicas: each
+/// replica's group meets the other replica's copies of the same keys, and whichever
+/// loses the race (a unique violation fails the whole group statement) answers each
+/// send alone. Every key is stored once, every caller gets the one stored message,
+/// and no seq is burnt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_retries_racing_across_two_replicas_are_stored_once() {
+    const PAIRS: usize = 16;
+    const ROUNDS: u64 = 6;
+    let db = Arc::new(TestDb::new(StoreKind::Postgres).await);
+    let r1 = TestServer::spawn_on(db.clone(), &["--database-pool-size", "4"], None).await;
+    let r2 = TestServer::spawn_on(db.clone(), &["--database-pool-size", "4"], None).await;
+    let mut senders = Vec::new();
+    for i in 0..PAIRS {
+        let sender = r1.user(&format!("racer{i}")).await;
+        r1.user(&format!("target{i}")).await;
+        let via_r2 = Client::connect(&r2.url)
+            .await
+            .expect("connect")
+            .with_token(&sender.creds.token)
+            .expect("token");
+        senders.push((sender.client.clone(), via_r2, format!("target{i}")));
+    }
+    let mut conversations = Vec::new();
+    for round in 1..=ROUNDS {
+        let barrier = Arc::new(tokio::sync::Barrier::new(2 * PAIRS));
+        let mut sends = Vec::new();
+        for (i, (via_r1, via_r2, peer)) in senders.iter().enumerate() {
+            let key = format!("race-{i}-{round}");
+            for client in [via_r1.clone(), via_r2.clone()] {
+                let (key, peer, barrier) = (key.clone(), peer.clone(), barrier.clone());
+                sends.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    client
+                        .send_with_id(Target::User(peer), &key, "raced")
+                        .await
+                        .expect("send")
+                }));
+            }
+        }
+        let acks: Vec<proto::SendAck> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|r| r.expect("sender"))
+            .collect();
+        for pair in acks.chunks(2) {
+            assert_eq!(
+                pair[0].message_id, pair[1].message_id,
+                "stored once: {pair:?}"
+            );
+            assert_eq!(pair[0].seq, round, "no seq burnt: {pair:?}");
+            assert!(
+                pair[0].duplicate != pair[1].duplicate,
+                "one stored it: {pair:?}"
+            );
+        }
+        if round == 1 {
+            conversations = acks
+                .chunks(2)
+                .map(|p| p[0].conversation_id.clone())
+                .collect();
+        }
+    }
+    let (reader, _, _) = &senders[0];
+    let stored = all_messages(reader, &conversations[0]).await;
+    assert_eq!(seqs(&stored), (1..=ROUNDS).collect::<Vec<_>>());
+    r1.shutdown().await;
+    r2.shutdown().await;
+}

@@ -8,7 +8,7 @@
 //! goes again alone through the one-row statement, whose answers cover every case.
 
 use async_trait::async_trait;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgPool, PgRow};
 use sqlx::types::time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -271,6 +271,7 @@ impl ApplyBatch<AppendWrite> for Writer {
             Ok(rows) => answers(batch, rows),
             Err(e) => {
                 tracing::debug!(error = %e, size = batch.len(), "send group failed; one by one");
+                metrics::counter!(crate::metrics::GROUP_FALLBACKS, "write" => "send").increment(1);
                 let mut results = Vec::with_capacity(batch.len());
                 for write in batch {
                     results.push(append_one(&self.pool, write).await);
@@ -318,11 +319,7 @@ async fn append_batch(
         .map_err(classify)?;
     let mut out: Vec<Option<Stored>> = (0..batch.len()).map(|_| None).collect();
     for row in &rows {
-        let ord = get::<i64>(row, "ord")?;
-        let slot = usize::try_from(ord - 1)
-            .ok()
-            .and_then(|i| out.get_mut(i))
-            .ok_or_else(|| StoreError::Corrupt(format!("group answer for input {ord}")))?;
+        let slot = answer_slot(&mut out, row)?;
         let original = if get::<bool>(row, "duplicate")? {
             Some((
                 MessageId(get::<Uuid>(row, "id")?),
@@ -394,6 +391,8 @@ impl ApplyBatch<ReceiptWrite> for Writer {
             Ok(updates) => updates.into_iter().map(Ok).collect(),
             Err(e) => {
                 tracing::debug!(error = %e, size = batch.len(), "receipt group failed; one by one");
+                metrics::counter!(crate::metrics::GROUP_FALLBACKS, "write" => "receipt")
+                    .increment(1);
                 let mut results = Vec::with_capacity(batch.len());
                 for write in batch {
                     results.push(advance_one(&self.pool, write).await);
@@ -422,11 +421,7 @@ async fn advance_batch(
         .map_err(classify)?;
     let mut out: Vec<Option<ReceiptUpdate>> = (0..batch.len()).map(|_| None).collect();
     for row in &rows {
-        let ord = get::<i64>(row, "ord")?;
-        let slot = usize::try_from(ord - 1)
-            .ok()
-            .and_then(|i| out.get_mut(i))
-            .ok_or_else(|| StoreError::Corrupt(format!("group answer for input {ord}")))?;
+        let slot = answer_slot(&mut out, row)?;
         *slot = Some(ReceiptUpdate {
             receipt: Receipt {
                 conversation_id: ConversationId(get(row, "conversation_id")?),
@@ -438,4 +433,16 @@ async fn advance_batch(
         });
     }
     Ok(out)
+}
+
+/// Where the answer in `row` goes: its input's place (`ord`, from 1).
+fn answer_slot<'a, T>(
+    out: &'a mut [Option<T>],
+    row: &PgRow,
+) -> Result<&'a mut Option<T>, StoreError> {
+    let ord = get::<i64>(row, "ord")?;
+    usize::try_from(ord - 1)
+        .ok()
+        .and_then(|i| out.get_mut(i))
+        .ok_or_else(|| StoreError::Corrupt(format!("group answer for input {ord}")))
 }
