@@ -31,6 +31,9 @@ pub struct Limits {
     pub send_burst: u32,
     pub heartbeat_interval: Duration,
     pub presence_timeout: Duration,
+    /// Sessions reading their catch-up from the store at once; the others wait their
+    /// turn rather than all queueing for the pool and timing out.
+    pub catch_up_concurrency: usize,
 }
 
 /// Where a send goes.
@@ -111,6 +114,8 @@ pub struct Chat {
     pub limits: Limits,
     /// Names and direct conversations already read from the store.
     directory: Directory,
+    /// Turns at reading a catch-up from the store (see `Limits::catch_up_concurrency`).
+    pub catch_up_turns: Arc<tokio::sync::Semaphore>,
     limiter: RateLimiter,
     typing_limiter: RateLimiter,
     /// Users whose presence may have changed, for the announcer task.
@@ -132,6 +137,9 @@ impl Chat {
             typing_limiter: RateLimiter::new(f64::from(TYPING_PER_SECOND), TYPING_BURST),
             changed: ChangedUsers::default(),
             directory: Directory::default(),
+            catch_up_turns: Arc::new(tokio::sync::Semaphore::new(
+                limits.catch_up_concurrency.max(1),
+            )),
             store,
             bus,
             hub,

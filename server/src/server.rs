@@ -132,6 +132,9 @@ pub async fn start_with(
             send_burst: config.send_burst,
             heartbeat_interval: config.heartbeat_interval,
             presence_timeout: config.presence_timeout,
+            // Half the connections: a reconnect storm leaves the rest to sends, logins
+            // and the storm's own token checks.
+            catch_up_concurrency: (config.database_pool_size as usize / 2).max(1),
         },
     ));
     let hashers = std::thread::available_parallelism()

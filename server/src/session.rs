@@ -175,7 +175,9 @@ impl Worker {
         // Listening starts before the store is read, so a message committed in between
         // arrives live and is dropped as a duplicate rather than missed.
         self.chat.bus.listen(self.device.user.id).await;
+        let turn = self.wait_for_turn().await?;
         self.catch_up().await?;
+        drop(turn);
         let expires_in = self
             .device
             .expires_at
@@ -220,6 +222,28 @@ impl Worker {
                         .reset(tokio::time::Instant::now() + quiet_for);
                 }
                 None => return Err(Stop::Closed),
+            }
+        }
+    }
+
+    /// Waits for a turn at reading the store (many sessions reconnecting at once take
+    /// turns), saying it is alive meanwhile so that the client does not give up on a
+    /// silent stream.
+    async fn wait_for_turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Stop> {
+        let turns = self.chat.catch_up_turns.clone();
+        let acquire = turns.acquire_owned();
+        tokio::pin!(acquire);
+        let quiet_for = self.chat.limits.heartbeat_interval;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.closer.token().cancelled() => return Err(Stop::Closed),
+                permit = &mut acquire => {
+                    return permit.map_err(|_| Stop::Closed);
+                }
+                _ = tokio::time::sleep(quiet_for) => {
+                    self.emit(convert::frame(Kind::KeepAlive(pb::KeepAlive {}))).await?;
+                }
             }
         }
     }
