@@ -18,6 +18,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, PushInfo, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
+use crate::store::redacted_url;
+
 /// How long one command may take before the connection counts as broken. A cut-off
 /// Redis (packets dropped, TCP still up) is only noticed through this.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,7 +60,7 @@ impl RedisLink {
     /// Parses the URL; connects nothing yet.
     pub fn parse(url: &str) -> Result<Self, RedisUrlError> {
         let invalid = |source| RedisUrlError::Invalid {
-            url: redacted(url),
+            url: redacted_url(url),
             source,
         };
         for (cluster_scheme, node_scheme) in [
@@ -89,13 +91,13 @@ impl RedisLink {
             let client = redis::Client::open(with_resp3(url)).map_err(invalid)?;
             return Ok(RedisLink::new(Deployment::Standalone(client), url));
         }
-        Err(RedisUrlError::Scheme(redacted(url)))
+        Err(RedisUrlError::Scheme(redacted_url(url)))
     }
 
     fn new(deployment: Deployment, url: &str) -> Self {
         RedisLink {
             deployment,
-            url: redacted(url),
+            url: redacted_url(url),
             commands: tokio::sync::OnceCell::new(),
         }
     }
@@ -296,18 +298,6 @@ fn with_resp3(url: &str) -> String {
     }
 }
 
-/// The URL with any password replaced, for logs and errors.
-pub fn redacted(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(_)) => {
-            let (userinfo, hosts) = rest.rsplit_once('@').unwrap_or(("", rest));
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{hosts}")
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,11 +329,5 @@ mod tests {
             "redis://h:1/?a=b&protocol=resp3"
         );
         assert_eq!(with_resp3("redis://h/?protocol=2"), "redis://h/?protocol=2");
-    }
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(redacted("redis://u:secret@h:1"), "redis://u:***@h:1");
-        assert_eq!(redacted("redis://h:1"), "redis://h:1");
     }
 }

@@ -315,22 +315,15 @@ impl ServerProcess {
 
     /// The Prometheus text of a server started with `--metrics-listen`.
     pub async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let url = self
             .metrics_url
             .as_deref()
             .expect("started with --metrics-listen");
-        let addr = url
-            .trim_start_matches("http://")
-            .trim_end_matches("/metrics");
-        let mut tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect to metrics");
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut body = String::new();
-        tcp.read_to_string(&mut body).await.expect("read metrics");
+        let body = http1_request(
+            url.trim_end_matches("/metrics"),
+            "GET /metrics HTTP/1.1\r\n\r\n",
+        )
+        .await;
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         body
     }
@@ -516,4 +509,27 @@ impl TestGateway {
             running.shutdown().await.expect("clean gateway shutdown");
         }
     }
+}
+
+/// Sends `request` (its head; `Host` and `Connection: close` are added) and returns the
+/// whole response as text.
+pub async fn http1_request(base: &str, request: &str) -> String {
+    let addr = base.trim_start_matches("http://");
+    let (head, body) = request.split_once("\r\n\r\n").unwrap_or((request, ""));
+    let full = format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n{body}");
+    String::from_utf8_lossy(&raw_exchange(base, full.as_bytes()).await).into_owned()
+}
+
+/// Writes `bytes` on a fresh connection and reads until the server closes it.
+pub async fn raw_exchange(base: &str, bytes: &[u8]) -> Vec<u8> {
+    let addr = base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    socket.write_all(bytes).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, socket.read_to_end(&mut response))
+        .await
+        .expect("the server did not answer and close in time")
+        .expect("read");
+    response
 }

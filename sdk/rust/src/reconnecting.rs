@@ -782,21 +782,10 @@ async fn stream_up(
     stop: &CancellationToken,
     min_generation: u64,
 ) -> Option<(u64, SessionHandle)> {
-    loop {
-        let current = match &*link.borrow_and_update() {
-            Some(up) if up.generation >= min_generation => Some((up.generation, up.handle.clone())),
-            _ => None,
-        };
-        if current.is_some() {
-            return current;
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            changed = link.changed() => {
-                if changed.is_err() {
-                    return None;
-                }
-            }
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        up = link.wait_for(|l| l.as_ref().is_some_and(|up| up.generation >= min_generation)) => {
+            up.ok()?.as_ref().map(|up| (up.generation, up.handle.clone()))
         }
     }
 }
@@ -808,21 +797,10 @@ async fn stream_gone(
     stop: &CancellationToken,
     generation: u64,
 ) -> bool {
-    loop {
-        let current = matches!(
-            &*link.borrow_and_update(),
-            Some(up) if up.generation == generation
-        );
-        if !current {
-            return true;
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return false,
-            changed = link.changed() => {
-                if changed.is_err() {
-                    return false;
-                }
-            }
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        gone = link.wait_for(|l| l.as_ref().is_none_or(|up| up.generation != generation)) => {
+            gone.is_ok()
         }
     }
 }

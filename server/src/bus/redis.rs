@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::Bus;
 use super::wire::{self, Payload};
+use super::{Bus, InProcessBus};
 use crate::domain::{Event, UserId};
 use crate::hub::Hub;
 use crate::metrics as names;
@@ -80,7 +80,8 @@ impl LinkState {
 }
 
 pub struct RedisBus {
-    hub: Arc<Hub>,
+    /// This process's own sessions, reached without Redis.
+    local: InProcessBus,
     origin: Uuid,
     outbox: mpsc::Sender<Outgoing>,
     control: mpsc::UnboundedSender<Control>,
@@ -125,7 +126,7 @@ impl RedisBus {
             .run(),
         );
         RedisBus {
-            hub,
+            local: InProcessBus::new(hub),
             origin,
             outbox,
             control,
@@ -138,15 +139,11 @@ impl RedisBus {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, recipients: &[UserId], event: Event) {
-        let started = Instant::now();
-        for user in recipients {
-            self.hub.deliver(*user, &event);
-        }
-        ::metrics::histogram!(names::FANOUT_SECONDS, "path" => "local")
-            .record(started.elapsed().as_secs_f64());
+        let payload = Arc::new(wire::encode_event(self.origin, &event));
+        self.local.publish(recipients, event).await;
         let outgoing = Outgoing {
             recipients: recipients.to_vec(),
-            payload: Arc::new(wire::encode_event(self.origin, &event)),
+            payload,
         };
         if let Err(mpsc::error::TrySendError::Full(outgoing)) = self.outbox.try_send(outgoing) {
             // Redis has been away long enough to fill the queue. The event is a doorbell:

@@ -3,7 +3,6 @@
 use crate::STORE;
 use chat_sdk::{Client, Cursors, Event, SessionOptions, Target};
 use chat_tests::{ServerProcess, TestDb, TestServer, expect_event, messages_until_caught_up};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn sigterm_closes_streams_retryably_and_exits_cleanly() {
@@ -49,14 +48,8 @@ async fn metrics_and_health_are_served() {
         .as_ref()
         .and_then(|r| r.metrics_addr)
         .expect("metrics address");
-    let mut tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect metrics");
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await.expect("read");
+    let body =
+        chat_tests::http1_request(&format!("http://{addr}"), "GET /metrics HTTP/1.1\r\n\r\n").await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     for needle in [
         "chat_sends_total{outcome=\"stored\"}",

@@ -1,13 +1,11 @@
 //! grpc-web as a browser speaks it, by hand over HTTP/1.1: framed protobuf bodies, the
-//! status in headers or in a trailer frame. Also raw HTTP/1.1 exchanges for the tests of
-//! CORS, limits and static files.
+//! status in headers or in a trailer frame.
 
 use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use chat_tests::DEADLINE;
 
@@ -96,26 +94,4 @@ pub(crate) async fn grpc_web_call<Req: Message, Resp: Message + Default>(
         status,
         message,
     }
-}
-
-/// Sends `request` (its head; `Host` and `Connection: close` are added) and returns the
-/// whole response as text.
-pub(crate) async fn http1_request(base: &str, request: &str) -> String {
-    let addr = base.trim_start_matches("http://");
-    let (head, body) = request.split_once("\r\n\r\n").unwrap_or((request, ""));
-    let full = format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n{body}");
-    String::from_utf8_lossy(&raw_exchange(base, full.as_bytes()).await).into_owned()
-}
-
-/// Writes `bytes` on a fresh connection and reads until the server closes it.
-pub(crate) async fn raw_exchange(base: &str, bytes: &[u8]) -> Vec<u8> {
-    let addr = base.trim_start_matches("http://");
-    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    socket.write_all(bytes).await.expect("write");
-    let mut response = Vec::new();
-    tokio::time::timeout(DEADLINE, socket.read_to_end(&mut response))
-        .await
-        .expect("the server did not answer and close in time")
-        .expect("read");
-    response
 }

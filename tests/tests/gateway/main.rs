@@ -11,7 +11,8 @@ use chat_sdk::{Client, Page, Target, proto};
 use chat_tests::{
     DEADLINE, StoreKind, TestDb, TestGateway, TestServer, next_frame, raw_chat_stub, workspace_bin,
 };
-use grpc_web::{GrpcWebReply, grpc_web_call, http1_request};
+use chat_tests::{http1_request, raw_exchange};
+use grpc_web::{GrpcWebReply, grpc_web_call};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -314,7 +315,7 @@ async fn oversized_bodies_and_slow_headers_are_refused() {
     let mut bytes = request.into_bytes();
     bytes.extend_from_slice(&frame);
     bytes.extend_from_slice(b"\r\n0\r\n\r\n");
-    let reply = grpc_web::raw_exchange(&gateway.url, &bytes).await;
+    let reply = raw_exchange(&gateway.url, &bytes).await;
     let text = String::from_utf8_lossy(&reply).to_ascii_lowercase();
     assert!(
         text.contains("grpc-status: 8") || text.contains("grpc-status:8"),
