@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "chat/v1/auth.proto",
         "chat/v1/chat.proto",
+        "chat/v1/push.proto",
         "chat/v1/types.proto",
     ];
     for f in &files {

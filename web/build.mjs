@@ -1,6 +1,8 @@
 // Builds the web client into web/dist: web/src/main.ts (with the SDK and its runtime)
-// bundled and minified by esbuild into app.js, plus index.html and app.css as they are.
-// The gateway serves web/dist (`--web-root`). `--watch` rebuilds app.js as the sources change.
+// bundled and minified by esbuild into app.js, the service worker web/src/sw.ts into sw.js
+// (a classic script at the site root, so its scope is the whole app), plus index.html and
+// app.css as they are. The gateway serves web/dist (`--web-root`). `--watch` rebuilds the
+// scripts as the sources change.
 import { copyFile, mkdir, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -15,7 +17,7 @@ await mkdir(dist, { recursive: true });
 await copyFile(join(web, "index.html"), join(dist, "index.html"));
 await copyFile(join(web, "styles.css"), join(dist, "app.css"));
 
-const options = {
+const app = {
   entryPoints: [join(web, "src", "main.ts")],
   outfile: join(dist, "app.js"),
   bundle: true,
@@ -29,9 +31,14 @@ const options = {
   logLevel: "info",
 };
 
-if (watch) {
-  const context = await esbuild.context(options);
-  await context.watch();
-} else {
-  await esbuild.build(options);
+// Registered without `type: "module"`, which not every browser runs in a worker: one script.
+const worker = { ...app, entryPoints: [join(web, "src", "sw.ts")], outfile: join(dist, "sw.js"), format: "iife" };
+
+for (const options of [app, worker]) {
+  if (watch) {
+    const context = await esbuild.context(options);
+    await context.watch();
+  } else {
+    await esbuild.build(options);
+  }
 }

@@ -57,9 +57,10 @@ const ALLOWED_HEADERS: [&str; 6] = [
     "connect-protocol-version",
 ];
 /// The services the public port forwards; the replicas' reflection is not among them.
-const FORWARDED_SERVICES: [&str; 3] = [
+const FORWARDED_SERVICES: [&str; 4] = [
     "/chat.v1.AuthService/",
     "/chat.v1.ChatService/",
+    "/chat.v1.PushService/",
     "/grpc.health.v1.Health/",
 ];
 const EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];

@@ -20,6 +20,7 @@ use crate::domain::{
 use crate::error::ChatError;
 use crate::hub::Hub;
 use crate::presence::{Beat, PresenceRegistry, PresenceTracker};
+use crate::push::Push;
 use crate::ratelimit::RateLimiter;
 use crate::store::{Appended, ConversationSummary, DeviceSession, NewMessage, Store};
 
@@ -111,6 +112,7 @@ pub struct Chat {
     pub hub: Arc<Hub>,
     pub presence: PresenceTracker,
     pub registry: Arc<dyn PresenceRegistry>,
+    pub push: Arc<Push>,
     pub limits: Limits,
     /// Names and direct conversations already read from the store.
     directory: Directory,
@@ -127,11 +129,13 @@ impl Chat {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         registry: Arc<dyn PresenceRegistry>,
+        push: Arc<Push>,
         hub: Arc<Hub>,
         limits: Limits,
     ) -> Self {
         Chat {
             registry,
+            push,
             presence: PresenceTracker::new(limits.presence_timeout),
             limiter: RateLimiter::new(limits.send_rate_per_second, limits.send_burst),
             typing_limiter: RateLimiter::new(f64::from(TYPING_PER_SECOND), TYPING_BURST),
@@ -224,12 +228,16 @@ impl Chat {
             client_msg_id,
             text,
         };
-        // A retry rings the doorbells again in case the first publish was lost; sessions
-        // drop duplicates by seq.
+        // A retry rings the doorbells again in case the first publish was lost (sessions
+        // drop duplicates by seq), and queues its pushes again in case the first
+        // attempt died before it could (the queue coalesces, the worker skips what
+        // was pushed).
+        let push = self.push.clone();
         self.commit_then_publish(move |store, bus| async move {
             let appended = store.append_message(new).await?;
             bus.publish(&members, Event::Message(Arc::new(appended.message.clone())))
                 .await;
+            push.message_stored(&members, &appended.message).await;
             Ok(appended)
         })
         .await
@@ -506,6 +514,11 @@ impl Chat {
         Ok(out)
     }
 
+    /// Whether the user has a live session on any replica (as far as is known).
+    pub async fn is_online(&self, user: UserId) -> bool {
+        self.online(&[user]).await.first().copied().unwrap_or(false)
+    }
+
     /// Whether each user is online. If the registry cannot answer, this process's own
     /// sessions are the best knowledge left: a degraded answer beats a failed list.
     async fn online(&self, users: &[UserId]) -> Vec<bool> {
@@ -520,13 +533,7 @@ impl Chat {
     }
 
     async fn presence_of(&self, user: UserRef) -> Result<PresenceState, ChatError> {
-        if self
-            .online(&[user.id])
-            .await
-            .first()
-            .copied()
-            .unwrap_or(false)
-        {
+        if self.is_online(user.id).await {
             return Ok(PresenceState {
                 user,
                 online: true,

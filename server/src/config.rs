@@ -92,6 +92,65 @@ pub struct Config {
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How long after a message is stored for an offline member its push waits: a
+    /// message acknowledged (or read) within it is not pushed, and messages arriving
+    /// within it become one notification.
+    #[arg(long, env = "CHAT_PUSH_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub push_grace: Duration,
+
+    /// Run a push worker in this process (pushes are queued either way). Turn it off on
+    /// replicas that should only serve clients, and run one or more with it on.
+    #[arg(long, env = "CHAT_PUSH_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub push_worker: bool,
+
+    /// Deliveries one push worker makes at once.
+    #[arg(long, env = "CHAT_PUSH_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub push_concurrency: u32,
+
+    /// Delivery attempts per notification and target before it goes to the dead letters.
+    #[arg(long, env = "CHAT_PUSH_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub push_max_attempts: u32,
+
+    /// The wait before the first retry; it doubles (with jitter) per attempt, up to 10 min.
+    #[arg(long, env = "CHAT_PUSH_RETRY_BASE", default_value = "2s", value_parser = parse_timeout)]
+    pub push_retry_base: Duration,
+
+    /// Longest one delivery (connect, request, response) may take.
+    #[arg(long, env = "CHAT_PUSH_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub push_timeout: Duration,
+
+    /// How long a claimed push job stays with its worker: a job whose worker died is
+    /// claimed by another after this. At least twice the push timeout.
+    #[arg(long, env = "CHAT_PUSH_LEASE", default_value = "60s", value_parser = parse_timeout)]
+    pub push_lease: Duration,
+
+    /// How often an idle push worker looks for due jobs.
+    #[arg(long, env = "CHAT_PUSH_POLL", default_value = "200ms", value_parser = parse_timeout)]
+    pub push_poll: Duration,
+
+    /// The VAPID private key for Web Push (raw P-256 scalar, base64url, as
+    /// `web-push generate-vapid-keys` prints it), with --vapid-public-key. Without
+    /// them, the first replica generates a key pair and stores it in the database.
+    #[arg(
+        long,
+        env = "CHAT_VAPID_PRIVATE_KEY",
+        requires = "vapid_public_key",
+        hide_env_values = true
+    )]
+    pub vapid_private_key: Option<String>,
+
+    /// The VAPID public key (uncompressed P-256 point, base64url).
+    #[arg(long, env = "CHAT_VAPID_PUBLIC_KEY", requires = "vapid_private_key")]
+    pub vapid_public_key: Option<String>,
+
+    /// Who push services can contact about this server's pushes (RFC 8292 `sub`).
+    #[arg(
+        long,
+        env = "CHAT_VAPID_SUBJECT",
+        default_value = "mailto:push@localhost"
+    )]
+    pub vapid_subject: String,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port).
     #[arg(long, env = "CHAT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,

@@ -48,6 +48,10 @@ uuid_id!(
     /// A stored message.
     MessageId
 );
+uuid_id!(
+    /// A place to push notifications to: a webhook or a Web Push subscription.
+    PushTargetId
+);
 
 /// Namespace for deriving direct conversation ids (UUIDv5), fixed forever.
 const DIRECT_NAMESPACE: Uuid = Uuid::from_u128(0x6c1a_3d4e_2b7f_4c0e_9a51_8f3e_0d2c_7b19);

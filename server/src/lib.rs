@@ -13,6 +13,7 @@ pub mod error;
 pub mod hub;
 pub mod metrics;
 pub mod presence;
+pub mod push;
 pub mod ratelimit;
 pub mod redis_link;
 pub mod server;

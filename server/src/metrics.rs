@@ -32,3 +32,20 @@ pub const PRESENCE_ERRORS: &str = "chat_presence_errors_total";
 /// Counter: group statements that failed as a whole (a retry racing its original on
 /// another replica, a deadlock) and were answered write by write, by `write`.
 pub const GROUP_FALLBACKS: &str = "chat_store_group_fallbacks_total";
+/// Counter: push jobs queued for a member with no live session (one per burst).
+pub const PUSH_QUEUED: &str = "chat_push_queued_total";
+/// Counter: pushes not made, by `reason` (`online`, `delivered`, `pushed`, `muted`,
+/// `no_targets`, `not_member`).
+pub const PUSH_SUPPRESSED: &str = "chat_push_suppressed_total";
+/// Counter: notifications handed to providers, one per burst and target.
+pub const PUSH_NOTIFICATIONS: &str = "chat_push_notifications_total";
+/// Counter: deliveries accepted by the endpoint, by `provider`.
+pub const PUSH_SENT: &str = "chat_push_sent_total";
+/// Counter: failed deliveries scheduled for another attempt, by `provider`.
+pub const PUSH_RETRIED: &str = "chat_push_retried_total";
+/// Counter: deliveries given up (attempts exhausted or refused for good), by `provider`.
+pub const PUSH_DEAD_LETTERED: &str = "chat_push_dead_lettered_total";
+/// Counter: targets removed because their endpoint said they are gone, by `provider`.
+pub const PUSH_TARGETS_GONE: &str = "chat_push_targets_gone_total";
+/// Counter: push queue operations that failed (they are retried or re-claimed).
+pub const PUSH_QUEUE_ERRORS: &str = "chat_push_queue_errors_total";

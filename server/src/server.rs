@@ -7,18 +7,25 @@ use std::time::Duration;
 
 use chat_proto::v1::auth_service_server::AuthServiceServer;
 use chat_proto::v1::chat_service_server::ChatServiceServer;
+use chat_proto::v1::push_service_server::PushServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use crate::api::{auth::AuthApi, chat::ChatApi};
+use crate::api::{auth::AuthApi, chat::ChatApi, push::PushApi};
 use crate::auth::Auth;
 use crate::bus::{Bus, InProcessBus, RedisBus};
 use crate::chat::{Chat, Limits};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::presence::{LocalRegistry, PresenceRegistry, RedisRegistry};
+use crate::push::Push;
+use crate::push::http::HttpClient;
+use crate::push::queue::{PushQueue, RedisQueue, TableQueue};
+use crate::push::webhook::WebhookProvider;
+use crate::push::webpush::{VapidKey, WebPushProvider};
+use crate::push::worker::{PushWorker, WorkerOptions};
 use crate::redis_link::{RedisLink, RedisUrlError};
 use crate::store::StoreError;
 
@@ -44,6 +51,29 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("redis: {0}")]
     Redis(#[from] RedisUrlError),
+    #[error("push: {0}")]
+    Push(String),
+}
+
+/// Name of the stored VAPID key pair (PKCS#8, base64url) that replicas share.
+const VAPID_KEY_NAME: &str = "vapid_pkcs8";
+/// How long a push service keeps an undelivered Web Push for an offline browser.
+const WEB_PUSH_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The VAPID key: from the configuration, or the one stored in the database (the
+/// first replica to start generates it), so browser subscriptions survive restarts.
+async fn vapid_key(
+    config: &Config,
+    store: &dyn crate::store::Store,
+) -> Result<VapidKey, ServeError> {
+    let invalid =
+        |e: crate::push::webpush::WebPushError| ServeError::Push(format!("VAPID key: {e}"));
+    if let (Some(private), Some(public)) = (&config.vapid_private_key, &config.vapid_public_key) {
+        return VapidKey::from_raw_b64(private, public).map_err(invalid);
+    }
+    let (_, candidate) = VapidKey::generate().map_err(invalid)?;
+    let stored = store.server_key(VAPID_KEY_NAME, &candidate).await?;
+    VapidKey::from_pkcs8_b64(&stored).map_err(invalid)
 }
 
 /// A running server.
@@ -99,24 +129,50 @@ pub async fn start_with(
     let shutdown = CancellationToken::new();
     // The bus's own tasks outlive the drain: sessions closed by it still publish.
     let bus_stop = CancellationToken::new();
-    let (bus, registry): (Arc<dyn Bus>, Arc<dyn PresenceRegistry>) = match &config.redis_url {
-        Some(url) => {
-            let link = Arc::new(RedisLink::parse(url)?);
-            tracing::info!(
-                redis = link.url(),
-                cluster = link.is_cluster(),
-                "replicas meet in redis"
-            );
-            (
-                Arc::new(RedisBus::start(link.clone(), hub.clone(), bus_stop.clone())),
-                Arc::new(RedisRegistry::new(link, config.presence_timeout)),
-            )
-        }
-        None => (
-            Arc::new(InProcessBus::new(hub.clone())),
-            Arc::new(LocalRegistry),
-        ),
-    };
+    // This process's name among push workers (a Redis consumer, a lease holder).
+    let worker_name = format!("chat-server-{}", uuid::Uuid::new_v4());
+    let (bus, registry, push_queue): (Arc<dyn Bus>, Arc<dyn PresenceRegistry>, Arc<dyn PushQueue>) =
+        match &config.redis_url {
+            Some(url) => {
+                let link = Arc::new(RedisLink::parse(url)?);
+                tracing::info!(
+                    redis = link.url(),
+                    cluster = link.is_cluster(),
+                    "replicas meet in redis"
+                );
+                (
+                    Arc::new(RedisBus::start(link.clone(), hub.clone(), bus_stop.clone())),
+                    Arc::new(RedisRegistry::new(link.clone(), config.presence_timeout)),
+                    Arc::new(RedisQueue::new(
+                        link,
+                        worker_name.clone(),
+                        config.push_lease,
+                    )),
+                )
+            }
+            None => (
+                Arc::new(InProcessBus::new(hub.clone())),
+                Arc::new(LocalRegistry),
+                Arc::new(TableQueue::new(
+                    store.clone(),
+                    worker_name.clone(),
+                    config.push_lease,
+                )),
+            ),
+        };
+    if config.push_lease < config.push_timeout.saturating_mul(2) {
+        return Err(ServeError::Config(
+            "--push-lease must be at least twice --push-timeout".into(),
+        ));
+    }
+    let vapid = Arc::new(vapid_key(&config, store.as_ref()).await?);
+    let push = Arc::new(Push::new(
+        store.clone(),
+        push_queue.clone(),
+        hub.clone(),
+        config.push_grace,
+        vapid.public_key_b64(),
+    ));
     let bus = match bus_layer {
         Some(layer) => layer(bus),
         None => bus,
@@ -125,6 +181,7 @@ pub async fn start_with(
         store.clone(),
         bus,
         registry,
+        push.clone(),
         hub,
         Limits {
             max_message_bytes: config.max_message_bytes,
@@ -154,6 +211,8 @@ pub async fn start_with(
     let chat_service =
         ChatServiceServer::new(ChatApi::new(chat.clone(), auth.clone(), shutdown.clone()))
             .max_decoding_message_size(max_decoded);
+    let push_service = PushServiceServer::new(PushApi::new(auth.clone(), chat.clone()))
+        .max_decoding_message_size(MIN_DECODED_BYTES);
     let auth_service = AuthServiceServer::new(AuthApi::new(auth, chat.clone()))
         .max_decoding_message_size(MIN_DECODED_BYTES);
 
@@ -208,6 +267,32 @@ pub async fn start_with(
             }
         })
     };
+    let push_worker = if config.push_worker {
+        let http = Arc::new(
+            HttpClient::new(config.push_timeout)
+                .map_err(|e| ServeError::Push(format!("HTTP client: {e}")))?,
+        );
+        let worker = Arc::new(PushWorker::new(
+            chat.clone(),
+            push_queue,
+            Arc::new(WebhookProvider::new(http.clone())),
+            Arc::new(WebPushProvider::new(
+                http,
+                vapid,
+                config.vapid_subject.clone(),
+                WEB_PUSH_TTL,
+            )),
+            WorkerOptions {
+                concurrency: config.push_concurrency as usize,
+                max_attempts: config.push_max_attempts,
+                retry_base: config.push_retry_base,
+                poll: config.push_poll,
+            },
+        ));
+        Some(tokio::spawn(worker.run(shutdown.clone())))
+    } else {
+        None
+    };
     let metrics_task = metrics_listener
         .map(|listener| tokio::spawn(chat_ops::serve_metrics(listener, shutdown.clone())));
     // The announcer outlives the drain, so the offline flips of sessions closed by
@@ -230,7 +315,8 @@ pub async fn start_with(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(auth_service)
-        .add_service(chat_service);
+        .add_service(chat_service)
+        .add_service(push_service);
 
     let stop = shutdown.clone();
     let grace = config.shutdown_grace;
@@ -262,6 +348,9 @@ pub async fn start_with(
         stop.cancel();
         let _ = sweeper.await;
         let _ = health_watch.await;
+        if let Some(task) = push_worker {
+            let _ = task.await;
+        }
         if let Some(task) = metrics_task {
             let _ = task.await;
         }

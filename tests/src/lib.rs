@@ -5,6 +5,7 @@
 pub mod checker;
 pub mod db;
 pub mod fault_proxy;
+pub mod push_receiver;
 pub mod redis;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use chat_sdk::{Client, Credentials, Cursors, Event, Session, SessionOptions, pro
 pub use checker::{Ledger, Report};
 pub use db::{PgCluster, StoreKind, TestDb};
 pub use fault_proxy::FaultProxy;
+pub use push_receiver::{PushReceiver, Received, Reply};
 pub use redis::{RedisCluster, RedisServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_server::domain::{
-    ClientMsgId, ConversationId, ConversationKind, DeviceId, MessageText, Timestamp, UserId,
-    UserName, UserRef,
+    ClientMsgId, ConversationId, ConversationKind, DeviceId, MessageText, PushTargetId, Timestamp,
+    UserId, UserName, UserRef,
 };
-use chat_server::store::{DeviceSession, NewMessage, Store, StoreError, StoreOptions};
+use chat_server::store::{
+    DeviceSession, NewMessage, PushEndpoint, PushTarget, QueuedPush, Store, StoreError,
+    StoreOptions,
+};
 use chat_tests::{StoreKind, TestDb};
 
 /// A store on a database of its own.
@@ -79,6 +82,15 @@ conformance!(
     receipts_of_non_members_are_none,
     conversation_list_orders_and_summarises,
     positions_peers_and_contacts,
+    push_targets_replace_by_url_and_go_with_their_device,
+    content_free_is_off_until_set,
+    muting_is_per_member,
+    push_context_reads_the_member_and_the_badge,
+    pushed_watermark_only_moves_forward,
+    server_keys_keep_the_first_write,
+    queued_pushes_coalesce_while_unclaimed,
+    claims_respect_due_times_and_leases,
+    rescheduled_and_dead_pushes,
 );
 
 fn name(raw: &str) -> UserName {
@@ -762,4 +774,552 @@ async fn positions_peers_and_contacts(store: &dyn Store) {
         vec![alex.clone()]
     );
     assert!(store.contacts(sam.id).await.expect("contacts").is_empty());
+}
+
+// --- push ---
+
+/// A device session of the user, for push targets to belong to.
+async fn device(store: &dyn Store, user: &UserRef, device_name: &str) -> DeviceId {
+    let session = DeviceSession {
+        id: DeviceId(uuid::Uuid::now_v7()),
+        user: user.clone(),
+        device_name: device_name.into(),
+        created_at: Timestamp(1_764_000_000_000_000),
+        expires_at: Timestamp(1_766_592_000_000_000),
+    };
+    store
+        .create_session(&session, &format!("hash-{}", session.id))
+        .await
+        .expect("create session");
+    session.id
+}
+
+fn webhook(user: &UserRef, device: DeviceId, url: &str, secret: &str, at: i64) -> PushTarget {
+    PushTarget {
+        id: PushTargetId(uuid::Uuid::now_v7()),
+        user: user.id,
+        device,
+        device_name: String::new(),
+        endpoint: PushEndpoint::Webhook {
+            url: url.into(),
+            secret: secret.into(),
+        },
+        created_at: Timestamp(at),
+    }
+}
+
+async fn push_targets_replace_by_url_and_go_with_their_device(store: &dyn Store) {
+    let (alex, riya, _conv) = pair(store).await;
+    let laptop = device(store, &alex, "laptop").await;
+    let phone = device(store, &alex, "phone").await;
+    let riya_phone = device(store, &riya, "riya's phone").await;
+
+    let hook = webhook(
+        &alex,
+        laptop,
+        "https://hooks.example/alex",
+        "s1",
+        1_764_000_000_000_001,
+    );
+    let stored = store.add_push_target(&hook).await.expect("add webhook");
+    assert_eq!(
+        stored,
+        PushTarget {
+            device_name: "laptop".into(),
+            ..hook.clone()
+        }
+    );
+    let subscription = PushTarget {
+        id: PushTargetId(uuid::Uuid::now_v7()),
+        user: alex.id,
+        device: laptop,
+        device_name: String::new(),
+        endpoint: PushEndpoint::WebPush {
+            endpoint: "https://push.example/send/abc".into(),
+            p256dh: [4u8].into_iter().chain(1..=64).collect(),
+            auth: (100..116).collect(),
+        },
+        created_at: Timestamp(1_764_000_000_000_002),
+    };
+    let web = store
+        .add_push_target(&subscription)
+        .await
+        .expect("add web push");
+    assert_eq!(
+        web.endpoint, subscription.endpoint,
+        "keys stored byte for byte"
+    );
+    // The same URL for another user is another target.
+    let riyas = store
+        .add_push_target(&webhook(
+            &riya,
+            riya_phone,
+            "https://hooks.example/alex",
+            "r1",
+            1_764_000_000_000_003,
+        ))
+        .await
+        .expect("add riya's");
+    assert_ne!(riyas.id, hook.id);
+
+    let listed = store.push_targets(alex.id).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![subscription.id, hook.id],
+        "newest first"
+    );
+
+    // Registering the URL again (another device, a new secret) replaces the target
+    // and keeps its id and creation time.
+    let again = webhook(
+        &alex,
+        phone,
+        "https://hooks.example/alex",
+        "s2",
+        1_764_000_000_000_009,
+    );
+    let replaced = store.add_push_target(&again).await.expect("replace");
+    assert_eq!(replaced.id, hook.id);
+    assert_eq!(replaced.created_at, hook.created_at);
+    assert_eq!(
+        (replaced.device, replaced.device_name.as_str()),
+        (phone, "phone")
+    );
+    assert_eq!(replaced.endpoint, again.endpoint);
+    let listed = store.push_targets(alex.id).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&replaced));
+
+    // Only the owner removes a target.
+    assert!(
+        !store
+            .remove_push_target(riya.id, hook.id)
+            .await
+            .expect("remove")
+    );
+    assert!(
+        store
+            .remove_push_target(alex.id, hook.id)
+            .await
+            .expect("remove")
+    );
+    assert!(
+        !store
+            .remove_push_target(alex.id, hook.id)
+            .await
+            .expect("again")
+    );
+    assert_eq!(
+        store.push_targets(alex.id).await.expect("list"),
+        vec![web.clone()]
+    );
+    // A logout takes the device's targets with it.
+    store.delete_session(laptop).await.expect("logout");
+    assert!(store.push_targets(alex.id).await.expect("list").is_empty());
+    assert_eq!(
+        store.push_targets(riya.id).await.expect("list"),
+        vec![riyas]
+    );
+}
+
+async fn content_free_is_off_until_set(store: &dyn Store) {
+    let alex = user(store, "alex").await;
+    let riya = user(store, "riya").await;
+    assert!(!store.content_free(alex.id).await.expect("read"));
+    store.set_content_free(alex.id, true).await.expect("set");
+    assert!(store.content_free(alex.id).await.expect("read"));
+    assert!(
+        !store.content_free(riya.id).await.expect("read"),
+        "per user"
+    );
+    store.set_content_free(alex.id, false).await.expect("unset");
+    assert!(!store.content_free(alex.id).await.expect("read"));
+}
+
+async fn muting_is_per_member(store: &dyn Store) {
+    let (alex, riya, conv) = pair(store).await;
+    let sam = user(store, "sam").await;
+    send(store, conv, &riya, "m1", "hi").await;
+    assert!(
+        !store.set_muted(conv, sam.id, true).await.expect("mute"),
+        "not a member"
+    );
+    assert!(store.set_muted(conv, alex.id, true).await.expect("mute"));
+    let muted = |list: Vec<chat_server::store::ConversationSummary>| {
+        list.iter().map(|c| (c.id, c.muted)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        muted(
+            store
+                .conversations_of(alex.id, None, 100)
+                .await
+                .expect("list")
+        ),
+        vec![(conv, true)]
+    );
+    assert_eq!(
+        muted(
+            store
+                .conversations_of(riya.id, None, 100)
+                .await
+                .expect("list")
+        ),
+        vec![(conv, false)]
+    );
+    let context = store
+        .push_context(conv, alex.id)
+        .await
+        .expect("context")
+        .expect("member");
+    assert!(context.muted);
+    assert!(store.set_muted(conv, alex.id, false).await.expect("unmute"));
+    assert_eq!(
+        muted(
+            store
+                .conversations_of(alex.id, None, 100)
+                .await
+                .expect("list")
+        ),
+        vec![(conv, false)]
+    );
+}
+
+async fn push_context_reads_the_member_and_the_badge(store: &dyn Store) {
+    let (alex, riya, with_alex) = pair(store).await;
+    let sam = user(store, "sam").await;
+    let with_sam = store.ensure_direct(riya.id, sam.id).await.expect("open");
+    let empty = store.ensure_direct(alex.id, sam.id).await.expect("open");
+    for i in 1..=3 {
+        send(
+            store,
+            with_alex,
+            &alex,
+            &format!("a{i}"),
+            &format!("from alex {i}"),
+        )
+        .await;
+    }
+    send(store, with_sam, &sam, "s1", "from sam 1").await;
+    send(store, with_sam, &sam, "s2", "from sam 2").await;
+    store
+        .advance_receipt(with_alex, riya.id, 0, 1)
+        .await
+        .expect("read")
+        .expect("member");
+    store.set_content_free(riya.id, true).await.expect("set");
+
+    let context = store
+        .push_context(with_alex, riya.id)
+        .await
+        .expect("context")
+        .expect("member");
+    assert_eq!(context.recipient, riya);
+    assert_eq!(
+        (
+            context.last_seq,
+            context.delivered_seq,
+            context.read_seq,
+            context.pushed_seq
+        ),
+        (3, 1, 1, 0)
+    );
+    assert!(!context.muted);
+    assert!(context.content_free);
+    assert_eq!(context.total_unread, 2 + 2, "unread here and with sam");
+    let newest = store.messages_after(with_alex, 2, 1).await.expect("h");
+    assert_eq!(context.last_message.as_ref(), newest.first());
+    assert_eq!(
+        context.last_message.as_ref().map(|m| m.text.as_str()),
+        Some("from alex 3")
+    );
+
+    // The sender has read their own messages; an empty conversation has no message.
+    let own = store
+        .push_context(with_alex, alex.id)
+        .await
+        .expect("context")
+        .expect("member");
+    assert_eq!((own.read_seq, own.total_unread), (3, 0));
+    assert!(!own.content_free);
+    let nothing_yet = store
+        .push_context(empty, alex.id)
+        .await
+        .expect("context")
+        .expect("member");
+    assert_eq!(nothing_yet.last_seq, 0);
+    assert!(nothing_yet.last_message.is_none());
+
+    assert!(
+        store
+            .push_context(with_alex, sam.id)
+            .await
+            .expect("context")
+            .is_none(),
+        "not a member"
+    );
+    let unknown = ConversationId(uuid::Uuid::now_v7());
+    assert!(
+        store
+            .push_context(unknown, riya.id)
+            .await
+            .expect("context")
+            .is_none()
+    );
+}
+
+async fn pushed_watermark_only_moves_forward(store: &dyn Store) {
+    let (alex, riya, conv) = pair(store).await;
+    let sam = user(store, "sam").await;
+    for i in 1..=3 {
+        send(store, conv, &alex, &format!("p{i}"), "m").await;
+    }
+    assert!(store.advance_pushed(conv, riya.id, 2).await.expect("push"));
+    assert!(
+        !store.advance_pushed(conv, riya.id, 2).await.expect("again"),
+        "another worker pushed this burst"
+    );
+    assert!(!store.advance_pushed(conv, riya.id, 1).await.expect("back"));
+    assert_eq!(
+        store
+            .push_context(conv, riya.id)
+            .await
+            .expect("context")
+            .expect("member")
+            .pushed_seq,
+        2
+    );
+    assert!(store.advance_pushed(conv, riya.id, 3).await.expect("push"));
+    assert_eq!(
+        store
+            .push_context(conv, riya.id)
+            .await
+            .expect("context")
+            .expect("member")
+            .pushed_seq,
+        3
+    );
+    assert_eq!(
+        store
+            .push_context(conv, alex.id)
+            .await
+            .expect("context")
+            .expect("member")
+            .pushed_seq,
+        0,
+        "per member"
+    );
+    assert!(
+        !store
+            .advance_pushed(conv, sam.id, 3)
+            .await
+            .expect("not a member")
+    );
+}
+
+async fn server_keys_keep_the_first_write(store: &dyn Store) {
+    assert_eq!(
+        store.server_key("vapid", "first").await.expect("key"),
+        "first"
+    );
+    assert_eq!(
+        store.server_key("vapid", "second").await.expect("key"),
+        "first"
+    );
+    assert_eq!(
+        store.server_key("other", "second").await.expect("key"),
+        "second"
+    );
+    // Replicas starting together agree on one.
+    let (a, b) = tokio::join!(
+        store.server_key("racing", "a"),
+        store.server_key("racing", "b")
+    );
+    let (a, b) = (a.expect("key"), b.expect("key"));
+    assert_eq!(a, b);
+    assert!(a == "a" || a == "b");
+}
+
+/// A fixed clock for the queue: every time is given, none is read.
+const T0: i64 = 1_800_000_000_000_000;
+const SECOND: i64 = 1_000_000;
+
+fn job(key: Option<&str>, payload: &str, due_at: i64) -> QueuedPush {
+    QueuedPush {
+        id: uuid::Uuid::now_v7(),
+        coalesce_key: key.map(str::to_owned),
+        payload: payload.into(),
+        due_at: Timestamp(due_at),
+    }
+}
+
+async fn claim(store: &dyn Store, now: i64, lease: i64, limit: u32) -> Vec<QueuedPush> {
+    store
+        .claim_pushes("worker-1", Timestamp(now), Timestamp(now + lease), limit)
+        .await
+        .expect("claim")
+}
+
+async fn queued_pushes_coalesce_while_unclaimed(store: &dyn Store) {
+    let first = job(Some("conv:riya"), "first", T0);
+    assert!(store.enqueue_push(&first).await.expect("enqueue"));
+    assert!(
+        !store
+            .enqueue_push(&job(Some("conv:riya"), "burst", T0))
+            .await
+            .expect("enqueue"),
+        "the waiting row covers the burst"
+    );
+    let other_key = job(Some("conv:sam"), "other key", T0 + 1);
+    assert!(store.enqueue_push(&other_key).await.expect("enqueue"));
+    let unkeyed = [job(None, "a", T0 + 2), job(None, "b", T0 + 3)];
+    for j in &unkeyed {
+        assert!(
+            store.enqueue_push(j).await.expect("enqueue"),
+            "no key, no coalescing"
+        );
+    }
+    assert_eq!(
+        claim(store, T0 + 3, 30 * SECOND, 10).await,
+        vec![
+            first.clone(),
+            other_key,
+            unkeyed[0].clone(),
+            unkeyed[1].clone()
+        ],
+        "exactly as queued, earliest due first"
+    );
+    // Once claimed, the next burst queues behind it, and coalesces again.
+    let next = job(Some("conv:riya"), "next burst", T0 + 5 * SECOND);
+    assert!(store.enqueue_push(&next).await.expect("enqueue"));
+    assert!(
+        !store
+            .enqueue_push(&job(Some("conv:riya"), "more", T0 + 5 * SECOND))
+            .await
+            .expect("enqueue")
+    );
+    assert_eq!(
+        claim(store, T0 + 5 * SECOND, 30 * SECOND, 10).await,
+        vec![next]
+    );
+}
+
+async fn claims_respect_due_times_and_leases(store: &dyn Store) {
+    let due = job(None, "due", T0);
+    let later = job(None, "later", T0 + 10 * SECOND);
+    let earliest = job(None, "earliest", T0 - 5 * SECOND);
+    for j in [&due, &later, &earliest] {
+        assert!(store.enqueue_push(j).await.expect("enqueue"));
+    }
+    // A lease runs until T0 + 60 s for everything claimed below.
+    let lease_end = T0 + 60 * SECOND;
+    assert_eq!(
+        claim(store, T0, lease_end - T0, 1).await,
+        vec![earliest.clone()],
+        "earliest due first, at most the limit"
+    );
+    assert_eq!(
+        claim(store, T0, lease_end - T0, 10).await,
+        vec![due.clone()]
+    );
+    let now = T0 + 10 * SECOND;
+    assert_eq!(
+        claim(store, now, lease_end - now, 10).await,
+        vec![later.clone()],
+        "due now; the others are leased"
+    );
+    assert!(claim(store, T0 + 30 * SECOND, SECOND, 10).await.is_empty());
+    // The leases ran out (a crashed worker): claimable again, by anyone.
+    let reclaimed = store
+        .claim_pushes(
+            "worker-2",
+            Timestamp(lease_end + 1),
+            Timestamp(lease_end + 61 * SECOND),
+            10,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(reclaimed, vec![earliest, due, later]);
+    assert!(claim(store, lease_end + 2, SECOND, 10).await.is_empty());
+}
+
+async fn rescheduled_and_dead_pushes(store: &dyn Store) {
+    let retried = job(Some("conv:riya"), "attempt 1", T0);
+    let other = job(None, "other", T0);
+    assert!(store.enqueue_push(&retried).await.expect("enqueue"));
+    assert!(store.enqueue_push(&other).await.expect("enqueue"));
+    // `other` stays leased through every claim below.
+    assert_eq!(claim(store, T0, 1_000 * SECOND, 10).await.len(), 2);
+
+    // A retry waits for its new due time, with its new payload, unleased.
+    store
+        .reschedule_push(retried.id, "attempt 2", Timestamp(T0 + 100 * SECOND))
+        .await
+        .expect("reschedule");
+    assert!(claim(store, T0 + 50 * SECOND, SECOND, 10).await.is_empty());
+    assert_eq!(
+        claim(store, T0 + 100 * SECOND, 30 * SECOND, 10).await,
+        vec![QueuedPush {
+            payload: "attempt 2".into(),
+            due_at: Timestamp(T0 + 100 * SECOND),
+            ..retried.clone()
+        }]
+    );
+    // A waiting retry still coalesces a burst under its key.
+    store
+        .reschedule_push(retried.id, "attempt 3", Timestamp(T0 + 200 * SECOND))
+        .await
+        .expect("reschedule");
+    assert!(
+        !store
+            .enqueue_push(&job(Some("conv:riya"), "burst", T0 + 150 * SECOND))
+            .await
+            .expect("enqueue")
+    );
+    assert_eq!(
+        claim(store, T0 + 200 * SECOND, 30 * SECOND, 10).await.len(),
+        1
+    );
+    // While it was leased a newer row took the key: rescheduling it still works.
+    let newer = job(Some("conv:riya"), "newer", T0 + 210 * SECOND);
+    assert!(store.enqueue_push(&newer).await.expect("enqueue"));
+    store
+        .reschedule_push(retried.id, "attempt 4", Timestamp(T0 + 220 * SECOND))
+        .await
+        .expect("reschedule beside a waiting row with the same key");
+    let both = claim(store, T0 + 220 * SECOND, 30 * SECOND, 10).await;
+    assert_eq!(
+        both.iter().map(|j| j.payload.as_str()).collect::<Vec<_>>(),
+        vec!["newer", "attempt 4"]
+    );
+
+    // Out of attempts: out of the queue, into the dead letters.
+    store
+        .dead_letter_push(retried.id, "attempt 5", 5, "410 Gone")
+        .await
+        .expect("dead letter");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    store
+        .dead_letter_push(other.id, "other", 1, "refused: no target")
+        .await
+        .expect("dead letter");
+    store.finish_push(newer.id).await.expect("finish");
+    assert!(
+        claim(store, T0 + 1_000 * SECOND, SECOND, 10)
+            .await
+            .is_empty(),
+        "nothing left to claim, leased or not"
+    );
+    let dead = store.dead_pushes(10).await.expect("dead");
+    assert_eq!(
+        dead.iter()
+            .map(|d| (d.id, d.payload.as_str(), d.attempts, d.error.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (other.id, "other", 1, "refused: no target"),
+            (retried.id, "attempt 5", 5, "410 Gone"),
+        ],
+        "newest first"
+    );
+    assert!(dead[0].died_at > dead[1].died_at);
+    assert_eq!(store.dead_pushes(1).await.expect("dead").len(), 1);
 }

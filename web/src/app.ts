@@ -2,8 +2,9 @@
  * The logged-in app: it owns the live `ChatSession` and the `ChatState`, feeds session
  * events and unary answers into the state, and decides when to call the server for the
  * user — history when a chat opens or scrolls back, read marks while a chat is open and
- * the page visible, typing on and off, sends (through the session's outbox) and retries.
- * The views only draw the state and report what the user did.
+ * the page visible, typing on and off, sends (through the session's outbox) and retries,
+ * muting, and push notifications (turning them on, and opening the chat a click on one
+ * asks for). The views only draw the state and report what the user did.
  */
 import {
   ChatError,
@@ -12,6 +13,7 @@ import {
   type ChatClient,
   type ChatSession,
   type Message,
+  type PushSettings,
   type Receipt,
   type SessionEvent,
   type User,
@@ -21,6 +23,16 @@ import { ConnectionBanner } from "./banner-view.js";
 import { ConversationView, emptyChat } from "./conversation-view.js";
 import { h } from "./dom.js";
 import { describeSendError } from "./format.js";
+import {
+  closeNotifications,
+  disableNotifications,
+  enableNotifications,
+  pushAvailability,
+  resumeNotifications,
+  type PushAvailability,
+} from "./notifications.js";
+import { conversationFromHash, conversationToOpen } from "./push-payload.js";
+import { PushSettingsView } from "./push-view.js";
 import { Sidebar } from "./sidebar-view.js";
 import { ChatState, type ChatMessage, type ConversationModel } from "./state.js";
 
@@ -39,6 +51,7 @@ export class ChatApp {
   readonly #state: ChatState;
   readonly #sidebar: Sidebar;
   readonly #banner: ConnectionBanner;
+  readonly #push: PushSettingsView;
   readonly #pane: HTMLElement;
   readonly #onSignedOut: (notice?: string) => void;
   #view: ConversationView | undefined;
@@ -50,6 +63,10 @@ export class ChatApp {
   #refreshAgain = false;
   readonly #marking = new Set<string>();
   readonly #presenceAsked = new Set<string>();
+  /** Mute toggles on their way, by conversation: a list fetched before them must not undo them. */
+  readonly #muting = new Map<string, boolean>();
+  /** The conversation a notification click asked for, opened once it is known. */
+  #wantOpen: string | undefined;
   #typing: { conversationId: string; sentAt: number } | undefined;
   #typingPause: ReturnType<typeof setTimeout> | undefined;
   #typingExpiry: ReturnType<typeof setTimeout> | undefined;
@@ -61,11 +78,19 @@ export class ChatApp {
     this.#state = new ChatState(me);
     this.#session = client.openSession();
     this.#banner = new ConnectionBanner(() => this.#session.reconnectNow());
-    this.#sidebar = new Sidebar(this.#state, {
-      open: (id) => this.open(id),
-      startChat: (name) => this.#startChat(name),
-      logout: () => void this.logout(),
+    this.#push = new PushSettingsView({
+      toggle: (on) => this.#togglePush(on),
+      setMode: (mode) => this.#client.setPushMode(mode),
     });
+    this.#sidebar = new Sidebar(
+      this.#state,
+      {
+        open: (id) => this.open(id),
+        startChat: (name) => this.#startChat(name),
+        logout: () => void this.logout(),
+      },
+      this.#push.el,
+    );
     this.#pane = h("div", { class: "chat-pane" }, emptyChat());
     this.el = h("div", { class: "app", "data-testid": "chat-app" }, this.#banner.el, h("div", { class: "layout" }, this.#sidebar.el, this.#pane));
 
@@ -75,10 +100,20 @@ export class ChatApp {
     this.#listen(window, "focus", () => this.#markRead());
     // The browser knows before a hung stream does.
     this.#listen(window, "online", () => this.#session.reconnectNow());
+    // A click on a notification: from the service worker when this window was open, or in
+    // the URL of the window it opened.
+    if ("serviceWorker" in navigator) {
+      this.#listen(navigator.serviceWorker, "message", (e) => this.#openFromNotification(conversationToOpen((e as MessageEvent).data)));
+    }
+    this.#wantOpen = conversationFromHash(location.hash);
+    if (this.#wantOpen !== undefined) {
+      history.replaceState(history.state, "", location.pathname + location.search);
+    }
     const clock = setInterval(() => this.#scheduleRender(), CLOCK_MS);
     this.#cleanups.push(() => clearInterval(clock));
 
     void this.#refreshConversations();
+    void this.#initPush();
     this.#render();
   }
 
@@ -128,6 +163,7 @@ export class ChatApp {
           loadOlder: () => void this.#loadOlder(c),
           retry: (m) => this.#retry(m),
           back: () => this.#closeChat(),
+          setMuted: (muted) => this.#setMuted(c, muted),
         },
         this.#drafts.get(conversationId) ?? "",
       );
@@ -205,10 +241,12 @@ export class ChatApp {
           this.#refreshAgain = false;
           const conversations = await this.#client.listConversations();
           for (const view of conversations) {
-            this.#state.applyConversation(view);
+            const c = this.#state.applyConversation(view);
+            c.muted = this.#muting.get(c.id) ?? c.muted;
           }
           this.#state.changed();
         } while (this.#refreshAgain && !this.#stopped);
+        this.#openWanted();
       } catch (e) {
         this.#authCheck(e);
       } finally {
@@ -329,7 +367,11 @@ export class ChatApp {
     this.#state.changed();
     this.#session
       .markRead(c.id, seq)
-      .then((receipt) => this.#state.applyReceipt(receipt))
+      .then((receipt) => {
+        this.#state.applyReceipt(receipt);
+        // Read here: its notifications have nothing left to say.
+        closeNotifications(c.id).catch(() => undefined);
+      })
       .catch((e: unknown) => this.#authCheck(e))
       .finally(() => {
         this.#marking.delete(c.id);
@@ -374,6 +416,88 @@ export class ChatApp {
         this.#state.fail(conversationId, clientMsgId, describeSendError(error));
       })
       .finally(() => this.#state.changed());
+  }
+
+  /** Mutes at once on screen; back as it was if the server refuses. */
+  #setMuted(c: ConversationModel, muted: boolean): void {
+    const before = c.muted;
+    c.muted = muted;
+    this.#muting.set(c.id, muted);
+    this.#state.changed();
+    this.#client
+      .setMuted(c.id, muted)
+      .catch((e: unknown) => {
+        if (this.#muting.get(c.id) === muted) {
+          c.muted = before;
+        }
+        this.#authCheck(e);
+      })
+      .finally(() => {
+        if (this.#muting.get(c.id) === muted) {
+          this.#muting.delete(c.id);
+        }
+        this.#state.changed();
+      });
+  }
+
+  // --- push notifications ---
+
+  /**
+   * Shows the notification settings once the server has said it pushes (a server without
+   * push shows none), and re-registers this browser if the user turned them on here before.
+   */
+  async #initPush(): Promise<void> {
+    let settings: PushSettings;
+    try {
+      settings = await this.#client.pushSettings();
+    } catch (e) {
+      this.#authCheck(e, { quiet: true });
+      return;
+    }
+    const webPush = settings.vapidPublicKey !== "";
+    let on = false;
+    if (webPush) {
+      try {
+        on = await resumeNotifications(this.#client, this.#state.me.id);
+      } catch (e) {
+        this.#authCheck(e);
+      }
+    }
+    if (!this.#stopped) {
+      this.#push.show({ availability: pushAvailability(), webPush, on, mode: settings.mode });
+    }
+  }
+
+  async #togglePush(on: boolean): Promise<{ availability: PushAvailability; on: boolean }> {
+    const me = this.#state.me.id;
+    if (on) {
+      const availability = await enableNotifications(this.#client, me);
+      return { availability, on: availability === "granted" };
+    }
+    await disableNotifications(this.#client, me);
+    return { availability: pushAvailability(), on: false };
+  }
+
+  #openFromNotification(conversationId: string | undefined): void {
+    if (conversationId === undefined) {
+      return;
+    }
+    this.#wantOpen = conversationId;
+    if (!this.#openWanted()) {
+      // Not in the list yet (its first message came while this page was away).
+      void this.#refreshConversations();
+    }
+  }
+
+  /** Opens the conversation a notification asked for, if it is known; true if it was. */
+  #openWanted(): boolean {
+    const id = this.#wantOpen;
+    if (id === undefined || this.#stopped || !this.#state.conversations.has(id)) {
+      return false;
+    }
+    this.#wantOpen = undefined;
+    this.open(id);
+    return true;
   }
 
   #onComposerInput(c: ConversationModel, text: string): void {
@@ -466,7 +590,7 @@ export class ChatApp {
     document.title = peer === undefined ? "Chat" : `${peer} · Chat`;
   }
 
-  #listen(target: EventTarget, type: string, listener: () => void): void {
+  #listen(target: EventTarget, type: string, listener: (event: Event) => void): void {
     target.addEventListener(type, listener);
     this.#cleanups.push(() => target.removeEventListener(type, listener));
   }

@@ -1,12 +1,12 @@
 /**
- * The chat pane of one conversation: the header (peer, presence), the message list with day
- * separators, bubbles, times and ticks, the typing indicator, and the composer. It keeps
- * the scroll where the reader is: at the bottom while they follow the conversation, and
- * still when earlier messages are loaded above them.
+ * The chat pane of one conversation: the header (peer, presence, the mute toggle), the
+ * message list with day separators, bubbles, times and ticks, the typing indicator, and the
+ * composer. It keeps the scroll where the reader is: at the bottom while they follow the
+ * conversation, and still when earlier messages are loaded above them.
  */
 import { avatar, h, reconcile, setAttr, setText } from "./dom.js";
 import { dayKey, dayLabel, messageTime, presenceText } from "./format.js";
-import { chatIcon, clockIcon } from "./icons.js";
+import { bellIcon, bellOffIcon, chatIcon, clockIcon } from "./icons.js";
 import type { ChatMessage, ChatState, ConversationModel, OwnStatus } from "./state.js";
 
 export interface ConversationActions {
@@ -16,6 +16,8 @@ export interface ConversationActions {
   loadOlder(): void;
   retry(message: ChatMessage): void;
   back(): void;
+  /** Mutes or unmutes the conversation's push notifications. */
+  setMuted(muted: boolean): void;
 }
 
 /** Within this many pixels of the bottom, the reader is "following" and new messages scroll in. */
@@ -46,6 +48,7 @@ export class ConversationView {
   readonly #title: HTMLElement;
   readonly #presence: HTMLElement;
   readonly #dot: HTMLElement;
+  readonly #mute: HTMLButtonElement;
   readonly #scroller: HTMLElement;
   readonly #items: HTMLOListElement;
   readonly #loading: HTMLElement;
@@ -67,6 +70,17 @@ export class ConversationView {
     this.#title = h("h2", { class: "chat-title", "data-testid": "chat-title" }, peerName);
     this.#presence = h("p", { class: "chat-presence", "data-testid": "chat-presence" });
     this.#dot = h("span", { class: "presence-dot", hidden: true });
+    this.#mute = h("button", {
+      type: "button",
+      class: "mute-button",
+      "data-testid": "mute-toggle",
+      onclick: () => {
+        const c = this.#state.conversations.get(this.conversationId);
+        if (c !== undefined) {
+          this.#actions.setMuted(!c.muted);
+        }
+      },
+    });
     this.#loading = h("div", { class: "history-status", "data-testid": "history-loading", hidden: true }, "Loading earlier messages…");
     this.#start = h(
       "div",
@@ -139,6 +153,7 @@ export class ConversationView {
         h("button", { type: "button", class: "back-button", "aria-label": "Back to conversations", onclick: () => actions.back() }, "‹"),
         h("span", { class: "avatar-wrap" }, avatar(peerName, "large"), this.#dot),
         h("div", { class: "chat-heading" }, this.#title, this.#presence),
+        this.#mute,
       ),
       this.#scroller,
       this.#typing,
@@ -169,6 +184,7 @@ export class ConversationView {
     setText(this.#presence, presenceText(presence, now));
     setAttr(this.#presence, "data-online", String(presence?.online === true));
     this.#dot.hidden = presence?.online !== true;
+    this.#renderMute(c.muted);
 
     const typist = this.#state.typingIn(c, now.getTime());
     this.#typing.hidden = typist === undefined;
@@ -216,6 +232,18 @@ export class ConversationView {
     this.#rendered = true;
     // A short history may not fill the pane, and then there is nothing to scroll: fetch more.
     this.#maybeLoadOlder();
+  }
+
+  #renderMute(muted: boolean): void {
+    if (this.#mute.getAttribute("aria-pressed") === String(muted)) {
+      return;
+    }
+    // A toggle: the name stays, aria-pressed says whether it is muted.
+    setAttr(this.#mute, "aria-label", "Mute notifications");
+    setAttr(this.#mute, "aria-pressed", String(muted));
+    setAttr(this.#mute, "title", muted ? "Muted: no notifications. Click to unmute" : "Mute notifications");
+    setAttr(this.#mute, "data-muted", String(muted));
+    this.#mute.replaceChildren(muted ? bellOffIcon("mute-icon") : bellIcon("mute-icon"));
   }
 
   #maybeLoadOlder(): void {

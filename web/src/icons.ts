@@ -32,3 +32,16 @@ export function chatIcon(className = "icon"): SVGSVGElement {
 export function clockIcon(className = "icon"): SVGSVGElement {
   return icon("0 0 16 16", ["M8 1.75a6.25 6.25 0 1 0 0 12.5 6.25 6.25 0 0 0 0-12.5Z", "M8 4.5V8l2.5 1.5"], className);
 }
+
+const BELL = "M6 8a6 6 0 1 1 12 0c0 5 2 6.5 2 6.5H4S6 13 6 8Z";
+const BELL_CLAPPER = "M10.3 18a1.94 1.94 0 0 0 3.4 0";
+
+/** A bell: notifications on (the mute button of a chat that is not muted). */
+export function bellIcon(className = "icon"): SVGSVGElement {
+  return icon("0 0 24 24", [BELL, BELL_CLAPPER], className);
+}
+
+/** A struck-through bell: a muted chat. */
+export function bellOffIcon(className = "icon"): SVGSVGElement {
+  return icon("0 0 24 24", [BELL, BELL_CLAPPER, "M3 3l18 18"], className);
+}

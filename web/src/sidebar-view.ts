@@ -1,12 +1,14 @@
 /**
- * The sidebar: who is logged in (and the logout button), the "new chat" box, and the
- * conversation list with avatars, presence, the last message, its time and the unread
- * badge. Items are kept per conversation and updated in place on each render.
+ * The sidebar: who is logged in (and the logout button), the "new chat" box, the
+ * conversation list with avatars, presence, the last message, its time, the unread badge
+ * and a muted mark, and at the foot whatever the app puts there (the notification
+ * settings). Items are kept per conversation and updated in place on each render.
  */
 import { ChatError, Code } from "chat-sdk";
 
 import { avatar, h, reconcile, setAttr, setText } from "./dom.js";
 import { listTime, presenceText } from "./format.js";
+import { bellOffIcon } from "./icons.js";
 import type { ChatState, ConversationModel } from "./state.js";
 
 export interface SidebarActions {
@@ -24,6 +26,7 @@ interface Item {
   time: HTMLTimeElement;
   preview: HTMLElement;
   badge: HTMLElement;
+  muted: HTMLElement;
   row2: HTMLElement;
 }
 
@@ -35,7 +38,7 @@ export class Sidebar {
   readonly #empty: HTMLElement;
   readonly #items = new Map<string, Item>();
 
-  constructor(state: ChatState, actions: SidebarActions) {
+  constructor(state: ChatState, actions: SidebarActions, footer?: Node) {
     this.#state = state;
     this.#actions = actions;
 
@@ -101,6 +104,7 @@ export class Sidebar {
       form,
       error,
       h("nav", { class: "conversation-scroll" }, this.#list, this.#empty),
+      footer,
     );
   }
 
@@ -131,7 +135,8 @@ export class Sidebar {
     const time = h("time", { class: "conversation-time" });
     const preview = h("span", { class: "conversation-preview" });
     const badge = h("span", { class: "unread-badge", "data-testid": "unread-badge" });
-    const row2 = h("span", { class: "conversation-row" }, preview);
+    const muted = h("span", { class: "muted-mark", "data-testid": "muted-mark", role: "img", "aria-label": "Muted", title: "Muted", hidden: true }, bellOffIcon("muted-icon"));
+    const row2 = h("span", { class: "conversation-row" }, preview, muted);
     const li = h(
       "li",
       { class: "conversation-item", "data-testid": "conversation-item", "data-conversation-id": c.id },
@@ -147,7 +152,7 @@ export class Sidebar {
         ),
       ),
     );
-    const item = { li, name, presence, dot, time, preview, badge, row2 };
+    const item = { li, name, presence, dot, time, preview, badge, muted, row2 };
     this.#items.set(c.id, item);
     return item;
   }
@@ -178,6 +183,10 @@ export class Sidebar {
       setText(item.time, listTime(last.sentAt, now));
       setAttr(item.time, "datetime", last.sentAt.toISOString());
     }
+
+    setAttr(item.li, "data-muted", String(c.muted));
+    item.li.classList.toggle("is-muted", c.muted);
+    item.muted.hidden = !c.muted;
 
     const unread = this.#state.unread(c);
     setAttr(item.li, "data-unread", unread.toString());

@@ -57,6 +57,8 @@ export interface ConversationModel {
   lastActivity: number;
   history: { loaded: boolean; loading: boolean; hasMoreBefore: boolean };
   typing: { name: string; until: number } | undefined;
+  /** The user muted it: no push notifications for it. */
+  muted: boolean;
 }
 
 /** How long a "typing" signal shows without a refresh: covers a lost "stopped". */
@@ -155,6 +157,7 @@ export class ChatState {
         lastActivity: 0,
         history: { loaded: false, loading: false, hasMoreBefore: true },
         typing: undefined,
+        muted: false,
       };
       this.conversations.set(id, c);
     } else if (c.peer === undefined && peer !== undefined) {
@@ -166,6 +169,7 @@ export class ChatState {
   /** A row of ListConversations / OpenDirect. */
   applyConversation(view: Conversation): ConversationModel {
     const c = this.conversation(view.id, view.peer);
+    c.muted = view.muted;
     c.lastSeq = maxOf(c.lastSeq, view.lastSeq);
     c.readSeq = maxOf(c.readSeq, view.readSeq);
     if (view.peerReceipt !== undefined) {

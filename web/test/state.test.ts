@@ -8,6 +8,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
 
 import { ChatError, Code } from "chat-sdk";
+import { ConversationSchema } from "chat-sdk/gen/chat_pb";
 import { MessageSchema, ReceiptSchema, SendAckSchema } from "chat-sdk/gen/types_pb";
 import { describeSendError } from "../src/format.js";
 import { ChatState, TYPING_TTL_MS } from "../src/state.js";
@@ -103,6 +104,16 @@ describe("ChatState", () => {
     state.applyMessage(message(5n));
     state.conversation("d", { ...RIYA, id: "u-sam", name: "sam" }).lastActivity = 1;
     expect(state.sortedConversations().map((c) => c.id)).toEqual(["c", "d"]);
+  });
+
+  it("takes muted from the conversation list, either way", () => {
+    const state = new ChatState(ME);
+    const c = state.conversation("c", RIYA);
+    expect(c.muted).toBe(false);
+    state.applyConversation(create(ConversationSchema, { id: "c", peer: RIYA, muted: true }));
+    expect(c.muted).toBe(true);
+    state.applyConversation(create(ConversationSchema, { id: "c", peer: RIYA, muted: false }));
+    expect(c.muted).toBe(false);
   });
 });
 

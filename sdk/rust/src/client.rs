@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::proto;
 use crate::proto::auth_service_client::AuthServiceClient;
 use crate::proto::chat_service_client::ChatServiceClient;
+use crate::proto::push_service_client::PushServiceClient;
 use crate::session::{Session, SessionOptions};
 
 /// Attempts of one send before its error is returned (all with the same client_msg_id).
@@ -120,6 +121,16 @@ impl Client {
             return Err(Error::NotLoggedIn);
         }
         Ok(ChatServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        ))
+    }
+
+    fn push(&self) -> Result<PushServiceClient<InterceptedService<Channel, Bearer>>, Error> {
+        if self.bearer.0.is_none() {
+            return Err(Error::NotLoggedIn);
+        }
+        Ok(PushServiceClient::with_interceptor(
             self.channel.clone(),
             self.bearer.clone(),
         ))
@@ -340,6 +351,98 @@ impl Client {
             .await?
             .into_inner();
         Ok(r.presences)
+    }
+
+    // --- push notifications ---
+
+    /// Registers a webhook this device's pushes are POSTed to, signed with `secret`
+    /// (HMAC-SHA256). Registering the same URL again replaces its secret.
+    pub async fn add_webhook(&self, url: &str, secret: &str) -> Result<proto::PushTarget, Error> {
+        self.add_push_target(proto::add_push_target_request::Kind::Webhook(
+            proto::WebhookTarget {
+                url: url.to_owned(),
+                secret: secret.to_owned(),
+            },
+        ))
+        .await
+    }
+
+    /// Registers a Web Push subscription (endpoint and base64url keys, as a browser's
+    /// `PushSubscription.toJSON()` gives them).
+    pub async fn add_web_push(
+        &self,
+        endpoint: &str,
+        p256dh: &str,
+        auth: &str,
+    ) -> Result<proto::PushTarget, Error> {
+        self.add_push_target(proto::add_push_target_request::Kind::WebPush(
+            proto::WebPushTarget {
+                endpoint: endpoint.to_owned(),
+                p256dh: p256dh.to_owned(),
+                auth: auth.to_owned(),
+            },
+        ))
+        .await
+    }
+
+    async fn add_push_target(
+        &self,
+        kind: proto::add_push_target_request::Kind,
+    ) -> Result<proto::PushTarget, Error> {
+        let r = self
+            .push()?
+            .add_push_target(proto::AddPushTargetRequest { kind: Some(kind) })
+            .await?
+            .into_inner();
+        r.target
+            .ok_or_else(|| Error::Protocol("add_push_target answered without a target".into()))
+    }
+
+    /// The user's push targets on every device, newest first.
+    pub async fn push_targets(&self) -> Result<Vec<proto::PushTarget>, Error> {
+        let r = self
+            .push()?
+            .list_push_targets(proto::ListPushTargetsRequest {})
+            .await?
+            .into_inner();
+        Ok(r.targets)
+    }
+
+    /// Removes one of the user's push targets.
+    pub async fn remove_push_target(&self, id: &str) -> Result<(), Error> {
+        self.push()?
+            .remove_push_target(proto::RemovePushTargetRequest { id: id.to_owned() })
+            .await?;
+        Ok(())
+    }
+
+    /// The user's push mode and the server's VAPID public key.
+    pub async fn push_settings(&self) -> Result<proto::GetPushSettingsResponse, Error> {
+        Ok(self
+            .push()?
+            .get_push_settings(proto::GetPushSettingsRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Whether pushes carry the sender and text (`Content`) or only that something
+    /// arrived (`ContentFree`).
+    pub async fn set_push_mode(&self, mode: proto::PushMode) -> Result<(), Error> {
+        self.push()?
+            .set_push_mode(proto::SetPushModeRequest { mode: mode.into() })
+            .await?;
+        Ok(())
+    }
+
+    /// Mutes (no pushes) or unmutes one of the user's conversations.
+    pub async fn set_muted(&self, conversation_id: &str, muted: bool) -> Result<(), Error> {
+        self.push()?
+            .set_muted(proto::SetMutedRequest {
+                conversation_id: conversation_id.to_owned(),
+                muted,
+            })
+            .await?;
+        Ok(())
     }
 
     // --- the live session ---

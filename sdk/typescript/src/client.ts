@@ -15,6 +15,7 @@ import {
   type GetHistoryRequestSchema,
   type SubscribeResponse,
 } from "./gen/chat/v1/chat_pb.js";
+import { PushService, type AddPushTargetRequestSchema, type PushTarget } from "./gen/chat/v1/push_pb.js";
 import type {
   Cursor,
   Message,
@@ -28,6 +29,14 @@ import { Backoff, type Random } from "./backoff.js";
 import { ChatError, Code } from "./errors.js";
 import { ChatSession, type SessionBackend, type SessionOptions } from "./session.js";
 import { newClientMsgId, sendMessage, type Target } from "./messages.js";
+import {
+  pushModeName,
+  pushModeValue,
+  webPushFields,
+  type PushModeName,
+  type PushSettings,
+  type WebPushSubscriptionLike,
+} from "./push.js";
 import { sleep } from "./sleep.js";
 
 /** A logged-in device session. */
@@ -267,6 +276,62 @@ export class ChatClient {
     return r.presences;
   }
 
+  // --- push notifications (for when no session is live) ---
+
+  /**
+   * Registers a webhook for this device: the server POSTs each notification as JSON,
+   * signed with HMAC-SHA256 under `secret` (16 to 256 bytes). Registering a URL again
+   * replaces the earlier target and keeps its id.
+   */
+  async addWebhook(url: string, secret: string): Promise<PushTarget> {
+    return this.#addPushTarget({ case: "webhook", value: { url, secret } });
+  }
+
+  /**
+   * Registers a browser's Web Push subscription (a `PushSubscription` or its `toJSON()`)
+   * for this device; `subscribeWebPush` does the browser side too. Registering an endpoint
+   * again replaces the earlier target and keeps its id.
+   */
+  async addWebPush(subscription: WebPushSubscriptionLike): Promise<PushTarget> {
+    return this.#addPushTarget({ case: "webPush", value: webPushFields(subscription) });
+  }
+
+  /** The user's push targets on every device, newest first (webhook secrets are never returned). */
+  async listPushTargets(): Promise<PushTarget[]> {
+    const r = await this.#call(() => this.#push().listPushTargets({}, this.#options()));
+    return r.targets;
+  }
+
+  /** Removes one of the user's push targets (NOT_FOUND if there is no such target). */
+  async removePushTarget(id: string): Promise<void> {
+    await this.#call(() => this.#push().removePushTarget({ id }, this.#options()));
+  }
+
+  /** The user's push mode, and the server's VAPID key for Web Push subscriptions. */
+  async pushSettings(): Promise<PushSettings> {
+    const r = await this.#call(() => this.#push().getPushSettings({}, this.#options()));
+    return { mode: pushModeName(r.mode), vapidPublicKey: r.vapidPublicKey };
+  }
+
+  /** Whether pushes carry the sender and text (`content`) or only the count (`content-free`). */
+  async setPushMode(mode: PushModeName): Promise<PushModeName> {
+    const r = await this.#call(() => this.#push().setPushMode({ mode: pushModeValue(mode) }, this.#options()));
+    return pushModeName(r.mode);
+  }
+
+  /** Mutes (or unmutes) a conversation: no pushes for it; messages still arrive live. */
+  async setMuted(conversationId: string, muted: boolean): Promise<void> {
+    await this.#call(() => this.#push().setMuted({ conversationId, muted }, this.#options()));
+  }
+
+  async #addPushTarget(kind: MessageInitShape<typeof AddPushTargetRequestSchema>["kind"]): Promise<PushTarget> {
+    const r = await this.#call(() => this.#push().addPushTarget({ kind }, this.#options()));
+    if (r.target === undefined) {
+      throw ChatError.protocol("add_push_target answered without a target");
+    }
+    return r.target;
+  }
+
   // --- the live session ---
 
   /**
@@ -316,6 +381,10 @@ export class ChatClient {
 
   #auth(): Client<typeof AuthService> {
     return createClient(AuthService, this.#transport());
+  }
+
+  #push(): Client<typeof PushService> {
+    return createClient(PushService, this.#transport());
   }
 
   #options(authenticated = true, signal?: AbortSignal, timeoutMs: number = this.#timeoutMs): CallOptions {

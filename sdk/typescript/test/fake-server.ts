@@ -4,7 +4,7 @@
  * `Subscribe` stream by hand (push frames, end, fail) and read what the client called, so
  * reconnects, resumes and retries can be checked without a real server or any sleeping.
  */
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { clone, create, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import {
   Code,
@@ -20,6 +20,7 @@ import { createGrpcWebTransport } from "@connectrpc/connect-web";
 
 import { AuthService } from "../src/gen/chat/v1/auth_pb.js";
 import { ChatService, type SubscribeRequest } from "../src/gen/chat/v1/chat_pb.js";
+import { PushMode, PushService, PushTargetSchema, type PushTarget } from "../src/gen/chat/v1/push_pb.js";
 import {
   MessageSchema,
   ReceiptSchema,
@@ -33,6 +34,8 @@ import {
 export const ME = { id: "u-me", name: "me" };
 export const RIYA = { id: "u-riya", name: "riya" };
 export const TOKEN = "ct_test";
+/** The fake server's VAPID public key: 65 bytes (0x04, then 1..64), base64url. */
+export const VAPID_KEY = "BAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0-P0A";
 
 // Captured when this module loads, so deadlines run on real time even in a test that fakes
 // the timers (and do not count among the fake timers it inspects).
@@ -190,6 +193,13 @@ export class FakeServer {
   failHeartbeats: Code[] = [];
   /** Base URLs whose every call fails with UNAVAILABLE. */
   readonly down = new Set<string>();
+  /** Push targets by id, in the order registered. */
+  readonly pushTargets = new Map<string, PushTarget>();
+  pushMode = PushMode.CONTENT;
+  /** The VAPID key GetPushSettings answers ("" when the server offers no Web Push). */
+  vapidPublicKey = VAPID_KEY;
+  readonly muted = new Set<string>();
+  #nextTarget = 1;
   readonly #stored = new Map<string, SendAck>();
   #lastSeq = new Map<string, bigint>();
 
@@ -303,6 +313,66 @@ export class FakeServer {
           up();
           authed(context);
           return { presences: request.names.map((name) => ({ user: { id: `u-${name}`, name }, online: true })) };
+        },
+      });
+      router.service(PushService, {
+        addPushTarget: (request, context) => {
+          up();
+          authed(context);
+          const kind = request.kind;
+          const url = kind.case === "webhook" ? kind.value.url : kind.case === "webPush" ? kind.value.endpoint : "";
+          if (url === "") {
+            throw new ConnectError("a webhook or web_push target is required", Code.InvalidArgument);
+          }
+          const same = [...this.pushTargets.values()].find((t) =>
+            t.kind.case === "webhook" ? t.kind.value.url === url : t.kind.value?.endpoint === url,
+          );
+          const id = same?.id ?? `t-${this.#nextTarget++}`;
+          const target = create(PushTargetSchema, { id, kind, deviceName: "web" });
+          this.pushTargets.set(id, target);
+          // Secrets are never returned.
+          const answer = clone(PushTargetSchema, target);
+          if (answer.kind.case === "webhook") {
+            answer.kind.value = { ...answer.kind.value, secret: "" };
+          }
+          return { target: answer };
+        },
+        listPushTargets: (_request, context) => {
+          up();
+          authed(context);
+          return { targets: [...this.pushTargets.values()].reverse() };
+        },
+        removePushTarget: (request, context) => {
+          up();
+          authed(context);
+          if (!this.pushTargets.delete(request.id)) {
+            throw new ConnectError("no such push target", Code.NotFound);
+          }
+          return {};
+        },
+        getPushSettings: (_request, context) => {
+          up();
+          authed(context);
+          return { mode: this.pushMode, vapidPublicKey: this.vapidPublicKey };
+        },
+        setPushMode: (request, context) => {
+          up();
+          authed(context);
+          if (request.mode === PushMode.UNSPECIFIED) {
+            throw new ConnectError("a push mode is required", Code.InvalidArgument);
+          }
+          this.pushMode = request.mode;
+          return { mode: this.pushMode };
+        },
+        setMuted: (request, context) => {
+          up();
+          authed(context);
+          if (request.muted) {
+            this.muted.add(request.conversationId);
+          } else {
+            this.muted.delete(request.conversationId);
+          }
+          return {};
         },
       });
     };

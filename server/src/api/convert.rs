@@ -143,6 +143,7 @@ pub(crate) fn conversation(v: &ConversationView) -> pb::Conversation {
         read_seq: s.own.read_seq,
         peer_receipt: peer.map(receipt),
         peer_presence: v.peer_presence.as_ref().map(presence),
+        muted: v.summary.muted,
     }
 }
 

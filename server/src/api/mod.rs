@@ -4,3 +4,4 @@
 pub mod auth;
 pub mod chat;
 pub(crate) mod convert;
+pub mod push;

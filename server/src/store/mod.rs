@@ -9,7 +9,10 @@
 
 pub(crate) mod group_commit;
 pub mod postgres;
+pub mod push;
 pub mod sqlite;
+
+pub use push::{DeadPush, PushContext, PushEndpoint, PushStore, PushTarget, QueuedPush};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +93,8 @@ pub struct ConversationSummary {
     pub own: Receipt,
     /// Every other member's receipt (one for a direct conversation).
     pub others: Vec<Receipt>,
+    /// The member muted it: no pushes.
+    pub muted: bool,
 }
 
 /// A member's own watermarks in one conversation, beside its last seq.
@@ -196,7 +201,7 @@ fn create_parent_dir(path: &str) -> Result<(), StoreError> {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: PushStore + Send + Sync + 'static {
     /// Closes the connections, waiting for the ones in use to come back.
     async fn close(&self);
 

@@ -96,6 +96,40 @@ enum Command {
     Conversations,
     /// Show whether NAME is online, or when they were last seen.
     Presence { name: String },
+    /// Push notifications for when no session of yours is connected.
+    Push {
+        #[command(subcommand)]
+        command: PushCommand,
+    },
+    /// Stop pushes from the conversation with TO (a user name or a conversation id).
+    Mute { to: String },
+    /// Push the conversation with TO again.
+    Unmute { to: String },
+}
+
+#[derive(Subcommand)]
+enum PushCommand {
+    /// POST this device's notifications to URL, signed with HMAC-SHA256 under SECRET.
+    AddWebhook {
+        url: String,
+        /// 16 to 256 bytes; the receiver verifies `x-chat-signature` with it.
+        #[arg(long, env = "CHAT_PUSH_SECRET")]
+        secret: String,
+    },
+    /// List your push targets on every device.
+    List,
+    /// Remove a push target by its id (see `chat push list`).
+    Remove { id: String },
+    /// Whether pushes show sender and text, or only that something arrived.
+    Mode { mode: PushModeArg },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PushModeArg {
+    /// Sender and text.
+    Content,
+    /// No sender and no text: "2 new messages".
+    ContentFree,
 }
 
 /// A saved device session.
@@ -244,7 +278,78 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Push { ref command } => {
+            let (_, client) = logged_in(&cli, &servers, &dir).await?;
+            push(&client, command, &out).await
+        }
+        Command::Mute { ref to } | Command::Unmute { ref to } => {
+            let muted = matches!(cli.command, Command::Mute { .. });
+            let (_, client) = logged_in(&cli, &servers, &dir).await?;
+            let conversation = conversation_of(&client, to).await?;
+            client.set_muted(&conversation, muted).await?;
+            let word = if muted { "muted" } else { "unmuted" };
+            out.emit(
+                json!({"type": word, "conversation_id": conversation}),
+                format!("{word} {to}"),
+            );
+            Ok(())
+        }
     }
+}
+
+/// A conversation id as given, or the direct conversation with a user name (names are
+/// at most 32 characters, ids 36).
+async fn conversation_of(client: &Client, to: &str) -> anyhow::Result<String> {
+    if to.len() == 36 && to.matches('-').count() == 4 {
+        return Ok(to.to_owned());
+    }
+    Ok(client.open_direct(to).await?.id)
+}
+
+async fn push(client: &Client, command: &PushCommand, out: &Output) -> anyhow::Result<()> {
+    match command {
+        PushCommand::AddWebhook { url, secret } => {
+            let target = client.add_webhook(url, secret).await?;
+            print_push_target(out, &target);
+        }
+        PushCommand::List => {
+            for target in client.push_targets().await? {
+                print_push_target(out, &target);
+            }
+        }
+        PushCommand::Remove { id } => {
+            client.remove_push_target(id).await?;
+            out.emit(
+                json!({"type": "push_target_removed", "id": id}),
+                format!("removed {id}"),
+            );
+        }
+        PushCommand::Mode { mode } => {
+            let (mode, name) = match mode {
+                PushModeArg::Content => (proto::PushMode::Content, "content"),
+                PushModeArg::ContentFree => (proto::PushMode::ContentFree, "content-free"),
+            };
+            client.set_push_mode(mode).await?;
+            out.emit(
+                json!({"type": "push_mode", "mode": name}),
+                format!("push mode: {name}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_push_target(out: &Output, target: &proto::PushTarget) {
+    let (kind, url) = match &target.kind {
+        Some(proto::push_target::Kind::Webhook(w)) => ("webhook", w.url.as_str()),
+        Some(proto::push_target::Kind::WebPush(w)) => ("web_push", w.endpoint.as_str()),
+        None => ("unknown", ""),
+    };
+    out.emit(
+        json!({"type": "push_target", "id": target.id, "kind": kind, "url": url,
+               "device": target.device_name}),
+        format!("{}  {kind:<8} {url}  ({})", target.id, target.device_name),
+    );
 }
 
 async fn watch(

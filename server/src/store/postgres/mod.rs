@@ -7,6 +7,7 @@
 //! atomic without an explicit transaction and costs one round trip; a unique violation
 //! on the idempotency key rolls the whole statement back, so a duplicate burns no seq.
 
+mod push;
 mod writes;
 
 use std::str::FromStr;
@@ -470,7 +471,7 @@ impl Store for PostgresStore {
         // The newest message comes from the conversation row, not from `messages`.
         let convs = sqlx::query(
             "SELECT c.id AS conversation_id, c.kind, c.last_seq, m.user_id, u.name AS user_name, \
-                    m.delivered_seq, m.read_seq, \
+                    m.delivered_seq, m.read_seq, m.muted, \
                     c.last_message_id, c.last_sender_id, s.name AS last_sender_name, \
                     c.last_client_msg_id, c.last_body, c.last_message_at \
              FROM members m \
@@ -524,6 +525,7 @@ impl Store for PostgresStore {
                     others: others_by_conv
                         .remove(&own.conversation_id)
                         .unwrap_or_default(),
+                    muted: get(row, "muted")?,
                     own,
                 })
             })

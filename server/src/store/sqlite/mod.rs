@@ -5,6 +5,8 @@
 //! pool and see every committed write (WAL). `synchronous = FULL` makes a commit durable
 //! before a send is acknowledged.
 
+mod push;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -394,7 +396,7 @@ impl Store for SqliteStore {
         let only = only.map(|c| c.to_string());
         let convs = sqlx::query(
             "SELECT c.id AS conversation_id, c.kind, c.last_seq, m.user_id, u.name AS user_name, \
-                    m.delivered_seq, m.read_seq \
+                    m.delivered_seq, m.read_seq, m.muted \
              FROM members m \
              JOIN conversations c ON c.id = m.conversation_id \
              JOIN users u ON u.id = m.user_id \
@@ -464,6 +466,7 @@ impl Store for SqliteStore {
                     others: others_by_conv
                         .remove(&own.conversation_id)
                         .unwrap_or_default(),
+                    muted: row.try_get("muted").map_err(StoreError::Database)?,
                     own,
                 })
             })
