@@ -398,6 +398,9 @@ pub struct WebPushProvider {
     pub ttl: Duration,
 }
 
+/// Request headers, as the HTTP client takes them.
+type Headers = Vec<(&'static str, String)>;
+
 impl WebPushProvider {
     pub fn new(
         http: Arc<HttpClient>,
@@ -421,7 +424,7 @@ impl WebPushProvider {
         auth: &[u8],
         notification: &Notification,
         now_unix: i64,
-    ) -> Result<(Vec<(&'static str, String)>, Vec<u8>), WebPushError> {
+    ) -> Result<(Headers, Vec<u8>), WebPushError> {
         let body = encrypt(p256dh, auth, &payload(notification)?)?;
         let headers = vec![
             ("content-encoding", "aes128gcm".to_owned()),
