@@ -231,7 +231,7 @@ impl Chat {
         // A retry rings the doorbells again in case the first publish was lost (sessions
         // drop duplicates by seq), and queues its pushes again in case the first
         // attempt died before it could (the queue coalesces, the worker skips what
-        // was pushed).
+        // was pushed). Queueing pushes does not hold the ack.
         let push = self.push.clone();
         self.commit_then_publish(move |store, bus| async move {
             let appended = store.append_message(new).await?;

@@ -34,6 +34,9 @@ pub const PRESENCE_ERRORS: &str = "chat_presence_errors_total";
 pub const GROUP_FALLBACKS: &str = "chat_store_group_fallbacks_total";
 /// Counter: push jobs queued for a member with no live session (one per burst).
 pub const PUSH_QUEUED: &str = "chat_push_queued_total";
+/// Counter: bursts absorbed by a job already waiting for the same member and
+/// conversation (a message that joins a burst).
+pub const PUSH_COALESCED: &str = "chat_push_coalesced_total";
 /// Counter: pushes not made, by `reason` (`online`, `delivered`, `pushed`, `muted`,
 /// `no_targets`, `not_member`).
 pub const PUSH_SUPPRESSED: &str = "chat_push_suppressed_total";

@@ -35,6 +35,11 @@ use queue::PushQueue;
 pub const MAX_TARGETS_PER_USER: usize = 20;
 const MAX_URL_BYTES: usize = 2048;
 const WEBHOOK_SECRET_BYTES: std::ops::RangeInclusive<usize> = 16..=256;
+/// Bursts being queued at once in the background; past it, a send queues its own.
+const MAX_QUEUEING: usize = 4096;
+/// Tries at queueing one burst (a Redis blip, a busy database), 250 ms apart, doubling.
+const ENQUEUE_ATTEMPTS: u32 = 4;
+const ENQUEUE_RETRY: Duration = Duration::from_millis(250);
 
 /// A push target as a client asks to register it, before validation.
 #[derive(Clone, Debug)]
@@ -58,6 +63,8 @@ pub struct Push {
     hub: Arc<Hub>,
     grace: Duration,
     vapid_public_key: String,
+    /// Turns at queueing in the background (`MAX_QUEUEING`).
+    queueing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Push {
@@ -74,6 +81,7 @@ impl Push {
             hub,
             grace,
             vapid_public_key,
+            queueing: Arc::new(tokio::sync::Semaphore::new(MAX_QUEUEING)),
         }
     }
 
@@ -87,37 +95,59 @@ impl Push {
     }
 
     /// Queues a burst for each member but the sender who has no session here. Called
-    /// after commit; a queue failure is logged and counted, never failing the send
-    /// (the message is stored and arrives on the next connect).
-    pub async fn message_stored(&self, members: &[UserId], message: &Message) {
+    /// after commit. The queueing runs in its own task, so that an ack never waits on
+    /// Redis; only when `MAX_QUEUEING` are already in flight does the caller wait its
+    /// turn. A job the queue refuses after a few tries is counted and logged, never
+    /// failing the send: the message is stored and arrives on the next connect.
+    pub async fn message_stored(self: &Arc<Self>, members: &[UserId], message: &Message) {
         let due = Timestamp(
             Timestamp::now()
                 .micros()
                 .saturating_add(i64::try_from(self.grace.as_micros()).unwrap_or(i64::MAX)),
         );
-        let queued = members
-            .iter()
-            .filter(|m| **m != message.sender.id)
-            .filter(|m| {
-                let live = self.hub.is_present(**m);
-                if live {
-                    metrics::counter!(crate::metrics::PUSH_SUPPRESSED, "reason" => "online")
-                        .increment(1);
+        for member in members.iter().filter(|m| **m != message.sender.id) {
+            if self.hub.is_present(*member) {
+                metrics::counter!(crate::metrics::PUSH_SUPPRESSED, "reason" => "online")
+                    .increment(1);
+                continue;
+            }
+            let job = PushJob::burst(*member, message.conversation_id, message.seq);
+            match self.queueing.clone().try_acquire_owned() {
+                Ok(turn) => {
+                    let push = self.clone();
+                    tokio::spawn(async move {
+                        push.enqueue(job, due).await;
+                        drop(turn);
+                    });
                 }
-                !live
-            })
-            .map(|m| async move {
-                let job = PushJob::burst(*m, message.conversation_id, message.seq);
-                match self.queue.enqueue(&job, due).await {
-                    Ok(true) => metrics::counter!(crate::metrics::PUSH_QUEUED).increment(1),
-                    Ok(false) => {}
-                    Err(e) => {
-                        metrics::counter!(crate::metrics::PUSH_QUEUE_ERRORS).increment(1);
-                        tracing::warn!(error = %e, user = %m, "could not queue a push");
-                    }
+                Err(_) => self.enqueue(job, due).await,
+            }
+        }
+    }
+
+    async fn enqueue(&self, job: PushJob, due: Timestamp) {
+        let mut wait = ENQUEUE_RETRY;
+        for attempt in 1..=ENQUEUE_ATTEMPTS {
+            match self.queue.enqueue(&job, due).await {
+                Ok(true) => {
+                    metrics::counter!(crate::metrics::PUSH_QUEUED).increment(1);
+                    return;
                 }
-            });
-        futures::future::join_all(queued).await;
+                Ok(false) => {
+                    metrics::counter!(crate::metrics::PUSH_COALESCED).increment(1);
+                    return;
+                }
+                Err(e) if attempt == ENQUEUE_ATTEMPTS => {
+                    metrics::counter!(crate::metrics::PUSH_QUEUE_ERRORS).increment(1);
+                    tracing::warn!(error = %e, job = %job.id, "could not queue a push; giving it up");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "could not queue a push; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
     }
 
     // --- registration ---
