@@ -59,7 +59,10 @@ async fn a_burst_is_one_signed_notification(store: StoreKind, extra: &[&str]) {
             assert_eq!(coalesced(&metrics), 2);
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the pushes were never queued");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pushes were never queued"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     setup
