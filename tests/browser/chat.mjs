@@ -2,11 +2,13 @@
 // processes: what a person sees. Screenshots land in target/browser-artifacts/.
 
 import assert from "node:assert/strict";
+import { createDecipheriv, createECDH, createHmac, createPublicKey, verify } from "node:crypto";
 
 import {
   DEADLINE_MS,
   browser,
   cli,
+  pushReceiver,
   screenshot,
   sessionsOn,
   sqliteDatabase,
@@ -19,9 +21,13 @@ import {
 
 const PASSWORD = "correct horse battery";
 
-/** A fresh browser context (its own storage) signed up as `name`. */
-async function signUp(chromium, gateway, name) {
+/**
+ * A fresh browser context (its own storage) signed up as `name`; `prepare` gets the
+ * context before the page opens (permissions, init scripts).
+ */
+async function signUp(chromium, gateway, name, prepare = async () => {}) {
   const context = await chromium.newContext({ viewport: { width: 1100, height: 720 } });
+  await prepare(context);
   const page = await context.newPage();
   page.setDefaultTimeout(DEADLINE_MS);
   await page.goto(gateway.url);
@@ -287,4 +293,204 @@ test("history loads on scroll-back, each message once and in order", async () =>
   await screenshot(page, "history-start");
   const expected = Array.from({ length: total }, (_, i) => `message ${i + 1}`);
   assert.deepEqual(await shownTexts(page), expected, "every message once, oldest first");
+});
+
+/**
+ * Runs in the page before the app (an init script, so self-contained): the browser's push
+ * service is the one thing faked, as real Web Push needs Google's or Mozilla's servers.
+ * `PushManager.subscribe` makes a subscription as a browser would (a fresh P-256 ECDH key
+ * pair and a 16-byte auth secret) whose endpoint is the test's receiver, and leaves its
+ * private key on `window.__fakePush` so the test can decrypt what the server sends.
+ */
+function fakePushService(endpoint) {
+  const b64url = (buffer) =>
+    btoa(String.fromCharCode(...new Uint8Array(buffer))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  const copy = (source) =>
+    ArrayBuffer.isView(source)
+      ? new Uint8Array(source.buffer, source.byteOffset, source.byteLength).slice().buffer
+      : source.slice(0);
+  let current = null;
+  PushManager.prototype.getSubscription = async function () {
+    return current;
+  };
+  PushManager.prototype.subscribe = async function (options) {
+    if (current !== null) return current;
+    if (!options?.userVisibleOnly || !(ArrayBuffer.isView(options.applicationServerKey) || options.applicationServerKey instanceof ArrayBuffer)) {
+      throw new DOMException("subscribe needs userVisibleOnly and an applicationServerKey", "NotAllowedError");
+    }
+    const pair = await crypto.subtle.generateKey({ name: "ECDH", namedCurve: "P-256" }, true, ["deriveBits"]);
+    const p256dh = await crypto.subtle.exportKey("raw", pair.publicKey);
+    const auth = crypto.getRandomValues(new Uint8Array(16)).buffer;
+    const applicationServerKey = copy(options.applicationServerKey);
+    window.__fakePush = {
+      endpoint,
+      applicationServerKey: b64url(applicationServerKey),
+      p256dh: b64url(p256dh),
+      auth: b64url(auth),
+      privateJwk: await crypto.subtle.exportKey("jwk", pair.privateKey),
+      subscribed: (window.__fakePush?.subscribed ?? 0) + 1,
+    };
+    current = {
+      endpoint,
+      expirationTime: null,
+      options: { userVisibleOnly: true, applicationServerKey },
+      getKey: (name) => (name === "p256dh" ? p256dh.slice(0) : name === "auth" ? auth.slice(0) : null),
+      toJSON: () => ({ endpoint, expirationTime: null, keys: { p256dh: b64url(p256dh), auth: b64url(auth) } }),
+      unsubscribe: async () => {
+        current = null;
+        return true;
+      },
+    };
+    return current;
+  };
+}
+
+/** Until `server` holds `n` sessions (streams). */
+async function sessionsBecome(server, n, what) {
+  let waiting = true;
+  try {
+    await withDeadline(
+      (async () => {
+        while (waiting && (await sessionsOn(server)) !== n) {
+          await new Promise((ok) => setTimeout(ok, 50));
+        }
+      })(),
+      what,
+    );
+  } finally {
+    waiting = false;
+  }
+}
+
+/** HKDF-SHA-256 (RFC 5869) Extract, and Expand to at most one block, as RFC 8291 uses them. */
+function hkdfExtract(salt, ikm) {
+  return createHmac("sha256", salt).update(ikm).digest();
+}
+
+function hkdfExpand(prk, info, length) {
+  assert.ok(length <= 32);
+  return createHmac("sha256", prk).update(Buffer.concat([Buffer.from(info, "latin1"), Buffer.of(1)])).digest().subarray(0, length);
+}
+
+/**
+ * Decrypts an aes128gcm Web Push body (RFC 8291 over RFC 8188) with the subscription's
+ * private key and auth secret; returns the plaintext without its delimiter and padding.
+ */
+function decryptWebPush(body, privateJwk, authSecret) {
+  const salt = body.subarray(0, 16);
+  const recordSize = body.readUInt32BE(16);
+  const idLength = body[20];
+  assert.equal(idLength, 65, "the key id is the server's ephemeral P-256 key");
+  const asPublic = body.subarray(21, 21 + idLength);
+  assert.equal(asPublic[0], 0x04, "uncompressed point");
+  const record = body.subarray(21 + idLength);
+  assert.ok(record.length > 16 && record.length <= recordSize, `one record of ${record.length} bytes (rs ${recordSize})`);
+
+  const ecdh = createECDH("prime256v1");
+  ecdh.setPrivateKey(Buffer.from(privateJwk.d, "base64url"));
+  const uaPublic = ecdh.getPublicKey();
+  assert.deepEqual(uaPublic, Buffer.concat([Buffer.of(4), Buffer.from(privateJwk.x, "base64url"), Buffer.from(privateJwk.y, "base64url")]));
+  const ecdhSecret = ecdh.computeSecret(asPublic);
+
+  const prkKey = hkdfExtract(authSecret, ecdhSecret);
+  const ikm = hkdfExpand(prkKey, Buffer.concat([Buffer.from("WebPush: info\0", "latin1"), uaPublic, asPublic]), 32);
+  const prk = hkdfExtract(salt, ikm);
+  const cek = hkdfExpand(prk, "Content-Encoding: aes128gcm\0", 16);
+  const nonce = hkdfExpand(prk, "Content-Encoding: nonce\0", 12);
+
+  const decipher = createDecipheriv("aes-128-gcm", cek, nonce);
+  decipher.setAuthTag(record.subarray(record.length - 16));
+  const padded = Buffer.concat([decipher.update(record.subarray(0, record.length - 16)), decipher.final()]);
+  let end = padded.length;
+  while (end > 0 && padded[end - 1] === 0) end -= 1;
+  assert.equal(padded[end - 1], 0x02, "the last (only) record's delimiter");
+  return padded.subarray(0, end - 1);
+}
+
+/** Checks `authorization: vapid t=JWT, k=KEY` (RFC 8292); returns the JWT's claims and k. */
+function verifyVapid(authorization) {
+  const found = /^vapid t=([\w-]+\.[\w-]+\.[\w-]+),\s*k=([\w-]+)$/.exec(authorization ?? "");
+  assert.ok(found, `a VAPID authorization header, not ${JSON.stringify(authorization)}`);
+  const [, jwt, k] = found;
+  const [header, claims, signature] = jwt.split(".");
+  assert.equal(JSON.parse(Buffer.from(header, "base64url")).alg, "ES256");
+  const point = Buffer.from(k, "base64url");
+  assert.equal(point.length, 65);
+  assert.equal(point[0], 0x04);
+  const key = createPublicKey({
+    key: { kty: "EC", crv: "P-256", x: point.subarray(1, 33).toString("base64url"), y: point.subarray(33).toString("base64url") },
+    format: "jwk",
+  });
+  const signed = Buffer.from(`${header}.${claims}`);
+  assert.ok(
+    verify("sha256", signed, { key, dsaEncoding: "ieee-p1363" }, Buffer.from(signature, "base64url")),
+    "the JWT's ES256 signature verifies under k",
+  );
+  return { claims: JSON.parse(Buffer.from(claims, "base64url")), k };
+}
+
+test("notifications on in the browser: the server's Web Push to its subscription is VAPID-signed and decrypts to the message", async () => {
+  const receiver = await pushReceiver();
+  const server = await startServer(sqliteDatabase(), ["--push-grace", "300ms", "--metrics-listen", "127.0.0.1:0"]);
+  const gateway = await startGateway([server]);
+  const chromium = await browser();
+  const endpoint = `${receiver.url}/push/riya-laptop`;
+  const riya = await signUp(chromium, gateway, "riya", async (context) => {
+    await context.grantPermissions(["notifications"], { origin: gateway.url });
+    await context.addInitScript(fakePushService, endpoint);
+  });
+
+  // Riya turns notifications on: the page registers /sw.js, subscribes, and registers the
+  // subscription through the SDK; the settings say "on" once AddPushTarget answered.
+  const settings = riya.page.getByTestId("push-settings");
+  await settings.waitFor();
+  const toggle = riya.page.getByTestId("push-toggle");
+  assert.equal(await toggle.textContent(), "Enable notifications");
+  await toggle.click();
+  await riya.page.locator("[data-testid=push-settings][data-on=true]").waitFor();
+  assert.equal(await riya.page.getByTestId("push-status").textContent(), "Notifications are on.");
+  assert.equal(await riya.page.getByTestId("push-error").isHidden(), true);
+  await screenshot(riya.page, "riya-notifications-on");
+  const subscription = await riya.page.evaluate(() => window.__fakePush);
+  assert.equal(subscription?.subscribed, 1, "subscribed once");
+  assert.equal(subscription.endpoint, endpoint);
+  const worker = await riya.page.evaluate(async () => {
+    const registration = await navigator.serviceWorker.getRegistration();
+    const worker = registration?.active ?? registration?.waiting ?? registration?.installing;
+    return { scope: registration?.scope, scriptURL: worker?.scriptURL };
+  });
+  assert.ok(worker.scriptURL?.endsWith("/sw.js"), `the page registered /sw.js: ${JSON.stringify(worker)}`);
+  assert.equal(worker.scope, `${gateway.url}/`);
+
+  // Riya closes her page: once the server holds no session of hers (she has no
+  // conversation yet, so nobody is shown her presence), Alex writes from the terminal.
+  const alex = cli(gateway);
+  await alex("register", "alex", "--password", PASSWORD);
+  await sessionsBecome(server, 1, "Riya's page's stream");
+  await riya.context.close();
+  await sessionsBecome(server, 0, "the server to drop Riya's session");
+  await alex("send", "riya", "lunch?");
+
+  // After the grace period the server pushes to the subscription's endpoint.
+  const push = await receiver.next();
+  assert.equal(push.path, "/push/riya-laptop");
+  assert.equal(push.headers["content-encoding"], "aes128gcm");
+  assert.match(push.headers.ttl ?? "", /^\d+$/, "RFC 8030 requires a TTL");
+  assert.match(push.headers.topic ?? "", /^[\w-]{1,32}$/, "a topic is at most 32 base64url characters");
+  const { claims, k } = verifyVapid(push.headers.authorization);
+  assert.equal(k, subscription.applicationServerKey, "signed with the key the page subscribed with");
+  assert.equal(claims.aud, receiver.url, "the audience is the push service's origin");
+  const now = Date.now() / 1000;
+  assert.ok(claims.exp > now && claims.exp <= now + 24 * 60 * 60, `exp ${claims.exp} is within the next 24 hours`);
+  assert.match(claims.sub ?? "", /^(mailto:|https:)/);
+
+  const plaintext = decryptWebPush(push.body, subscription.privateJwk, Buffer.from(subscription.auth, "base64url"));
+  const payload = JSON.parse(plaintext.toString("utf8"));
+  assert.equal(payload.title, "alex");
+  assert.equal(payload.body, "lunch?");
+  assert.equal(payload.sender, "alex");
+  assert.equal(payload.user, "riya");
+  assert.equal(payload.unread, 1);
+  assert.equal(payload.badge, 1);
+  assert.equal(typeof payload.delivery_id, "string");
 });

@@ -5,6 +5,7 @@
 
 import { spawn, execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -232,6 +233,48 @@ export async function startGateway(servers, extra = []) {
   await gateway.start();
   cleanups.push(() => gateway.kill());
   return gateway;
+}
+
+/**
+ * A local HTTP server playing a push service (or any receiver of the server's POSTs):
+ * records each POST's headers and raw body and answers 201 Created. `next()` resolves with
+ * the next POST not yet taken, failing after the deadline.
+ */
+export async function pushReceiver() {
+  const received = [];
+  const waiting = [];
+  const server = createHttpServer((req, res) => {
+    const chunks = [];
+    req.on("data", (chunk) => chunks.push(chunk));
+    req.on("end", () => {
+      res.writeHead(req.method === "POST" ? 201 : 405).end();
+      if (req.method !== "POST") return;
+      const post = { path: req.url, headers: req.headers, body: Buffer.concat(chunks) };
+      const wake = waiting.shift();
+      if (wake) wake(post);
+      else received.push(post);
+    });
+  });
+  await new Promise((ok, fail) => {
+    server.once("error", fail);
+    server.listen(0, "127.0.0.1", ok);
+  });
+  cleanups.push(
+    () =>
+      new Promise((ok) => {
+        server.closeAllConnections();
+        server.close(() => ok());
+      }),
+  );
+  const { port } = server.address();
+  return {
+    url: `http://127.0.0.1:${port}`,
+    next: () =>
+      withDeadline(
+        received.length ? Promise.resolve(received.shift()) : new Promise((ok) => waiting.push(ok)),
+        "a POST to the push receiver",
+      ),
+  };
 }
 
 /** The `chat` CLI as a given user, with its own config directory. */
