@@ -19,7 +19,7 @@ use crate::bus::{Bus, InProcessBus, RedisBus};
 use crate::chat::{Chat, Limits};
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::presence::{LocalRegistry, PresenceRegistry, RedisRegistry};
+use crate::presence::{LocalRegistry, PresenceRegistry, PresenceTracker, RedisRegistry};
 use crate::push::Push;
 use crate::push::http::HttpClient;
 use crate::push::queue::{PushQueue, RedisQueue, TableQueue};
@@ -166,10 +166,13 @@ pub async fn start_with(
         ));
     }
     let vapid = Arc::new(vapid_key(&config, store.as_ref()).await?);
+    let presence = Arc::new(PresenceTracker::new(config.presence_timeout));
     let push = Arc::new(Push::new(
         store.clone(),
         push_queue.clone(),
         hub.clone(),
+        registry.clone(),
+        presence.clone(),
         config.push_grace,
         vapid.public_key_b64(),
     ));
@@ -181,6 +184,7 @@ pub async fn start_with(
         store.clone(),
         bus,
         registry,
+        presence,
         push.clone(),
         hub,
         Limits {

@@ -27,6 +27,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::domain::{ConversationId, DeviceId, Message, PushTargetId, Timestamp, UserId};
 use crate::error::ChatError;
 use crate::hub::Hub;
+use crate::presence::{PresenceRegistry, PresenceTracker};
 use crate::store::{PushEndpoint, PushTarget, Store};
 use job::PushJob;
 use queue::PushQueue;
@@ -61,6 +62,9 @@ pub struct Push {
     store: Arc<dyn Store>,
     queue: Arc<dyn PushQueue>,
     hub: Arc<Hub>,
+    /// Who is online on any replica, for members with no session here.
+    registry: Arc<dyn PresenceRegistry>,
+    tracker: Arc<PresenceTracker>,
     grace: Duration,
     vapid_public_key: String,
     /// Turns at queueing in the background (`MAX_QUEUEING`).
@@ -72,6 +76,8 @@ impl Push {
         store: Arc<dyn Store>,
         queue: Arc<dyn PushQueue>,
         hub: Arc<Hub>,
+        registry: Arc<dyn PresenceRegistry>,
+        tracker: Arc<PresenceTracker>,
         grace: Duration,
         vapid_public_key: String,
     ) -> Self {
@@ -79,6 +85,8 @@ impl Push {
             store,
             queue,
             hub,
+            registry,
+            tracker,
             grace,
             vapid_public_key,
             queueing: Arc::new(tokio::sync::Semaphore::new(MAX_QUEUEING)),
@@ -94,10 +102,12 @@ impl Push {
         &self.vapid_public_key
     }
 
-    /// Queues a burst for each member but the sender who has no session here. Called
-    /// after commit. The queueing runs in its own task, so that an ack never waits on
-    /// Redis; only when `MAX_QUEUEING` are already in flight does the caller wait its
-    /// turn. A job the queue refuses after a few tries is counted and logged, never
+    /// Queues a burst for each member but the sender who has no live session: none
+    /// here, and none on another replica by the presence registry (so that chatting
+    /// across replicas costs a presence lookup per message, not a burst job). Called
+    /// after commit. The lookup and the queueing run in their own task, so that an ack
+    /// never waits on Redis; only when `MAX_QUEUEING` are already in flight does the
+    /// caller wait its turn. A job the queue refuses after a few tries is counted and logged, never
     /// failing the send: the message is stored and arrives on the next connect.
     pub async fn message_stored(self: &Arc<Self>, members: &[UserId], message: &Message) {
         let due = Timestamp(
@@ -126,6 +136,19 @@ impl Push {
     }
 
     async fn enqueue(&self, job: PushJob, due: Timestamp) {
+        if let job::Task::Burst { user, .. } = &job.task {
+            // A registry that cannot answer queues the burst anyway: the worker asks again.
+            let online = self
+                .registry
+                .online(&[UserId(*user)], &self.tracker)
+                .await
+                .is_ok_and(|online| online.first().copied().unwrap_or(false));
+            if online {
+                metrics::counter!(crate::metrics::PUSH_SUPPRESSED, "reason" => "online")
+                    .increment(1);
+                return;
+            }
+        }
         let mut wait = ENQUEUE_RETRY;
         for attempt in 1..=ENQUEUE_ATTEMPTS {
             match self.queue.enqueue(&job, due).await {

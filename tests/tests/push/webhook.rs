@@ -327,3 +327,57 @@ async fn a_job_whose_worker_was_killed_is_delivered_by_another_replica() {
     );
     assert_eq!(stuck[0].json(), received[1].json());
 }
+
+#[tokio::test]
+async fn nobody_online_on_another_replica_is_queued_for_a_push() {
+    let redis = RedisServer::start().await;
+    let redis_url = redis.url();
+    let db = TestDb::new(StoreKind::Postgres).await;
+    let mut flags: Vec<&str> = PUSH_FLAGS.to_vec();
+    flags.extend_from_slice(&["--redis-url", &redis_url]);
+    let first = ServerProcess::start_with(&db, &flags).await;
+    let second = ServerProcess::start_with(&db, &flags).await;
+    let alex = user(&first.url, "alex").await;
+    let riya = user(&second.url, "riya").await;
+    let receiver = PushReceiver::start(&[], Reply::Status(200)).await;
+    riya.add_webhook(&receiver.url, SECRET)
+        .await
+        .expect("add webhook");
+
+    // Riya is connected to the second replica; the first sees her online in the
+    // registry (a conversation with a message makes them contacts).
+    let mut session = riya
+        .open_session(
+            chat_sdk::Cursors::new(),
+            chat_sdk::SessionOptions::default(),
+        )
+        .await
+        .expect("session");
+    chat_tests::messages_until_caught_up(&mut session).await;
+    send(&riya, "alex", "hello alex").await;
+    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
+    while !alex.presence(&["riya"]).await.expect("presence")[0].online {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "riya never showed online"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    send(&alex, "riya", "hi, over there").await;
+    chat_tests::expect_event(&mut session, "the message, live", |e| match e {
+        chat_sdk::Event::Message(m) if m.text == "hi, over there" => Some(()),
+        _ => None,
+    })
+    .await;
+    wait_counter(
+        &first,
+        "chat_push_suppressed_total",
+        &[("reason", "online")],
+        1,
+    )
+    .await;
+    let metrics = first.metrics().await;
+    assert_eq!(crate::counter(&metrics, "chat_push_queued_total", &[]), 0);
+    assert!(receiver.received().is_empty());
+}
