@@ -1,8 +1,9 @@
 //! Push notifications for members with no live session.
 //!
 //! After a message is committed (and published), `Push::message_stored` queues a
-//! burst job for every other member without a session on this replica; the queue
-//! coalesces a burst into one job. After the grace period a worker (`worker.rs`) reads
+//! burst job for every other member with no live session (here, or on another replica
+//! by the presence registry); the queue coalesces a burst into one job. After the
+//! grace period a worker (`worker.rs`) reads
 //! the member's state and pushes one notification per burst to each of their targets,
 //! unless the member came online, received the messages, muted the conversation, or
 //! was already pushed for them. Deliveries are retried with backoff and end in the
