@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The `Connect` RPC would clash with the generated `connect(dst)` constructor;
         // clients build a `Channel` and call `new` instead.
         .build_transport(false)
+        // Small per-stream buffers (see src/codec.rs).
+        .codec_path("crate::codec::CompactCodec")
         .compile_fds(fds)?;
     Ok(())
 }

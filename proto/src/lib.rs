@@ -3,6 +3,8 @@
 //! `proto/chat/v1/*.proto` is the single source of the API; this crate only compiles it.
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
+pub mod codec;
+
 pub mod chat {
     pub mod v1 {
         tonic::include_proto!("chat.v1");

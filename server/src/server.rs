@@ -170,7 +170,6 @@ pub async fn start_with(
     let push = Arc::new(Push::new(
         store.clone(),
         push_queue.clone(),
-        hub.clone(),
         registry.clone(),
         presence.clone(),
         config.push_grace,

@@ -27,7 +27,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::domain::{ConversationId, DeviceId, Message, PushTargetId, Timestamp, UserId};
 use crate::error::ChatError;
-use crate::hub::Hub;
 use crate::presence::{PresenceRegistry, PresenceTracker};
 use crate::store::{PushEndpoint, PushTarget, Store};
 use job::PushJob;
@@ -62,7 +61,6 @@ pub enum TargetInput {
 pub struct Push {
     store: Arc<dyn Store>,
     queue: Arc<dyn PushQueue>,
-    hub: Arc<Hub>,
     /// Who is online on any replica, for members with no session here.
     registry: Arc<dyn PresenceRegistry>,
     tracker: Arc<PresenceTracker>,
@@ -76,7 +74,6 @@ impl Push {
     pub fn new(
         store: Arc<dyn Store>,
         queue: Arc<dyn PushQueue>,
-        hub: Arc<Hub>,
         registry: Arc<dyn PresenceRegistry>,
         tracker: Arc<PresenceTracker>,
         grace: Duration,
@@ -85,7 +82,6 @@ impl Push {
         Push {
             store,
             queue,
-            hub,
             registry,
             tracker,
             grace,
@@ -117,7 +113,9 @@ impl Push {
                 .saturating_add(i64::try_from(self.grace.as_micros()).unwrap_or(i64::MAX)),
         );
         for member in members.iter().filter(|m| **m != message.sender.id) {
-            if self.hub.is_present(*member) {
+            // A device that stopped heartbeating (a phone in a tunnel) keeps its stream
+            // open for a while, but it is not live: it gets pushes.
+            if self.tracker.is_online(*member) {
                 metrics::counter!(crate::metrics::PUSH_SUPPRESSED, "reason" => "online")
                     .increment(1);
                 continue;

@@ -381,3 +381,56 @@ async fn nobody_online_on_another_replica_is_queued_for_a_push() {
     assert_eq!(crate::counter(&metrics, "chat_push_queued_total", &[]), 0);
     assert!(receiver.received().is_empty());
 }
+
+#[tokio::test]
+async fn a_device_that_stopped_heartbeating_is_pushed() {
+    let setup = Setup::start(
+        StoreKind::Sqlite,
+        &["--presence-timeout", "1s", "--heartbeat-interval", "300ms"],
+    )
+    .await;
+    let alex = setup.user("alex").await;
+    let riya = setup.user("riya").await;
+    let receiver = PushReceiver::start(&[], Reply::Status(200)).await;
+    riya.add_webhook(&receiver.url, SECRET)
+        .await
+        .expect("add webhook");
+    send(&riya, "alex", "brb").await;
+
+    // Her stream stays open, but the device no longer shows signs of life (nor does
+    // it acknowledge what arrives): a phone gone into a tunnel.
+    let silent = chat_sdk::SessionOptions {
+        heartbeat_interval: Some(Duration::ZERO),
+        auto_ack: false,
+    };
+    let mut session = riya
+        .open_session(chat_sdk::Cursors::new(), silent)
+        .await
+        .expect("session");
+    chat_tests::messages_until_caught_up(&mut session).await;
+    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
+    loop {
+        let riya_now = &alex.presence(&["riya"]).await.expect("presence")[0];
+        if !riya_now.online && riya_now.last_seen.is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "riya never timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    send(&alex, "riya", "are you there?").await;
+    setup
+        .wait_counter("chat_push_sent_total", &[("provider", "webhook")], 1)
+        .await;
+    assert_eq!(receiver.received()[0].json()["body"], "are you there?");
+    assert_eq!(
+        setup
+            .counter("chat_push_suppressed_total", &[("reason", "online")])
+            .await,
+        0
+    );
+    drop(session);
+}
