@@ -27,7 +27,9 @@ use crate::error::ChatError;
 use crate::hub::{Closer, Inbound, Registration};
 use crate::store::DeviceSession;
 
-/// Frames buffered towards one client before the session waits for it to read.
+/// Frames buffered towards one client before the session waits for it to read. They
+/// travel boxed: a channel allocates its first block of slots up front, and a slot the
+/// size of a `ServerFrame` made that block several KiB of every idle session.
 const OUTBOUND_FRAMES: usize = 64;
 /// Messages read from the store per page during catch-up and gap fills.
 const REPLAY_PAGE: u32 = 500;
@@ -38,7 +40,7 @@ pub type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>
 #[derive(Clone)]
 pub struct Session {
     pub device: DeviceSession,
-    out: mpsc::Sender<pb::ServerFrame>,
+    out: mpsc::Sender<Box<pb::ServerFrame>>,
     closer: Closer,
 }
 
@@ -48,7 +50,7 @@ impl Session {
         tokio::select! {
             biased;
             _ = self.closer.token().cancelled() => false,
-            sent = self.out.send(frame) => sent.is_ok(),
+            sent = self.out.send(Box::new(frame)) => sent.is_ok(),
         }
     }
 
@@ -105,7 +107,7 @@ pub fn open(
     })
     .filter_map(|reason| futures::future::ready(reason.map(Err)));
     let frames = ReceiverStream::new(out_rx)
-        .map(Ok)
+        .map(|frame| Ok(*frame))
         .take_until(ended)
         .chain(tail);
     (session, Box::pin(frames))
@@ -137,7 +139,7 @@ struct Worker {
     /// The last seq sent to this client, per conversation.
     cursors: HashMap<ConversationId, u64>,
     inbox: mpsc::Receiver<Inbound>,
-    out: mpsc::Sender<pb::ServerFrame>,
+    out: mpsc::Sender<Box<pb::ServerFrame>>,
     closer: Closer,
     _registration: Registration,
 }
@@ -352,7 +354,7 @@ impl Worker {
         tokio::select! {
             biased;
             _ = self.closer.token().cancelled() => Err(Stop::Closed),
-            sent = self.out.send(frame) => sent.map_err(|_| Stop::Closed),
+            sent = self.out.send(Box::new(frame)) => sent.map_err(|_| Stop::Closed),
         }
     }
 }
