@@ -81,6 +81,14 @@ impl Timestamp {
         self.0
     }
 
+    /// This time plus `d` (saturating).
+    pub fn after(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        )
+    }
+
     pub fn to_system_time(self) -> SystemTime {
         if self.0 >= 0 {
             UNIX_EPOCH + Duration::from_micros(self.0 as u64)

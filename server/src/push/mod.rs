@@ -107,11 +107,7 @@ impl Push {
     /// caller wait its turn. A job the queue refuses after a few tries is counted and logged, never
     /// failing the send: the message is stored and arrives on the next connect.
     pub async fn message_stored(self: &Arc<Self>, members: &[UserId], message: &Message) {
-        let due = Timestamp(
-            Timestamp::now()
-                .micros()
-                .saturating_add(i64::try_from(self.grace.as_micros()).unwrap_or(i64::MAX)),
-        );
+        let due = Timestamp::now().after(self.grace);
         for member in members.iter().filter(|m| **m != message.sender.id) {
             // A device that stopped heartbeating (a phone in a tunnel) keeps its stream
             // open for a while, but it is not live: it gets pushes.

@@ -217,6 +217,17 @@ impl PushWorker {
             PushEndpoint::WebPush { .. } => (&self.web_push, "web_push"),
         };
         let attempts = attempts.saturating_add(1);
+        // The job as it stands after this attempt: what a retry queues, and what a dead
+        // letter keeps.
+        let after = PushJob {
+            id: claimed.job.id,
+            task: Task::Deliver {
+                user: user.0,
+                target: target.id.0,
+                attempts,
+                notification: notification.clone(),
+            },
+        };
         match provider.deliver(&target, notification).await {
             Outcome::Delivered => {
                 metrics::counter!(crate::metrics::PUSH_SENT, "provider" => name).increment(1);
@@ -233,38 +244,17 @@ impl PushWorker {
                 metrics::counter!(crate::metrics::PUSH_RETRIED, "provider" => name).increment(1);
                 let wait = self.backoff(attempts);
                 tracing::debug!(target = %target.id, %why, attempts, ?wait, "push failed; retrying");
-                let next = PushJob {
-                    id: claimed.job.id,
-                    task: Task::Deliver {
-                        user: user.0,
-                        target: target.id.0,
-                        attempts,
-                        notification: notification.clone(),
-                    },
-                };
-                let due = Timestamp(
-                    Timestamp::now()
-                        .micros()
-                        .saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX)),
-                );
-                self.queue.retry(claimed, &next, due).await?;
+                self.queue
+                    .retry(claimed, &after, Timestamp::now().after(wait))
+                    .await?;
             }
             Outcome::Retry(why) | Outcome::Rejected(why) => {
                 metrics::counter!(crate::metrics::PUSH_DEAD_LETTERED, "provider" => name)
                     .increment(1);
                 tracing::warn!(target = %target.id, %why, attempts, "push given up");
-                let dead = PushJob {
-                    id: claimed.job.id,
-                    task: Task::Deliver {
-                        user: user.0,
-                        target: target.id.0,
-                        attempts,
-                        notification: notification.clone(),
-                    },
-                };
                 let claimed = Claimed {
                     handle: claimed.handle.clone(),
-                    job: dead,
+                    job: after,
                 };
                 self.queue.dead_letter(&claimed, attempts, &why).await?;
             }

@@ -13,7 +13,7 @@ mod webhook;
 use std::time::Duration;
 
 use chat_sdk::{Client, Target};
-use chat_tests::{DEADLINE, ServerProcess, StoreKind, TestDb};
+use chat_tests::{DEADLINE, PushReceiver, Reply, ServerProcess, StoreKind, TestDb};
 
 pub(crate) const SECRET: &str = "correct horse battery staple";
 
@@ -52,6 +52,21 @@ impl Setup {
 
     pub(crate) async fn user(&self, name: &str) -> Client {
         user(&self.server.url, name).await
+    }
+
+    /// Alex, and Riya with a webhook on a receiver answering `script`, then `then`.
+    pub(crate) async fn alex_and_riya_with_webhook(
+        &self,
+        script: &[Reply],
+        then: Reply,
+    ) -> (Client, Client, PushReceiver) {
+        let alex = self.user("alex").await;
+        let riya = self.user("riya").await;
+        let receiver = PushReceiver::start(script, then).await;
+        riya.add_webhook(&receiver.url, SECRET)
+            .await
+            .expect("add webhook");
+        (alex, riya, receiver)
     }
 
     /// The sum of a counter's series whose labels include all of `labels`.

@@ -37,12 +37,9 @@ fn assert_signed(request: &Received) {
 
 async fn a_burst_is_one_signed_notification(store: StoreKind, extra: &[&str]) {
     let setup = Setup::start(store, extra).await;
-    let alex = setup.user("alex").await;
-    let riya = setup.user("riya").await;
-    let receiver = PushReceiver::start(&[], Reply::Status(200)).await;
-    riya.add_webhook(&receiver.url, SECRET)
-        .await
-        .expect("add webhook");
+    let (alex, _riya, receiver) = setup
+        .alex_and_riya_with_webhook(&[], Reply::Status(200))
+        .await;
 
     // Riya has no session: three quick messages are one burst.
     send(&alex, "riya", "lunch?").await;
@@ -103,12 +100,9 @@ async fn a_burst_is_one_notification_through_the_redis_queue() {
 #[tokio::test]
 async fn nobody_is_pushed_while_online() {
     let setup = Setup::start(StoreKind::Sqlite, &[]).await;
-    let alex = setup.user("alex").await;
-    let riya = setup.user("riya").await;
-    let receiver = PushReceiver::start(&[], Reply::Status(200)).await;
-    riya.add_webhook(&receiver.url, SECRET)
-        .await
-        .expect("add webhook");
+    let (alex, riya, receiver) = setup
+        .alex_and_riya_with_webhook(&[], Reply::Status(200))
+        .await;
 
     let mut session = riya
         .open_session(
@@ -157,16 +151,12 @@ async fn nobody_is_pushed_while_online() {
 #[tokio::test]
 async fn a_failing_receiver_gets_the_notification_after_retries() {
     let setup = Setup::start(StoreKind::Sqlite, &[]).await;
-    let alex = setup.user("alex").await;
-    let riya = setup.user("riya").await;
-    let receiver = PushReceiver::start(
-        &[Reply::Status(500), Reply::Status(500)],
-        Reply::Status(200),
-    )
-    .await;
-    riya.add_webhook(&receiver.url, SECRET)
-        .await
-        .expect("add webhook");
+    let (alex, _riya, receiver) = setup
+        .alex_and_riya_with_webhook(
+            &[Reply::Status(500), Reply::Status(500)],
+            Reply::Status(200),
+        )
+        .await;
 
     send(&alex, "riya", "lunch?").await;
     setup
@@ -195,12 +185,9 @@ async fn a_failing_receiver_gets_the_notification_after_retries() {
 #[tokio::test]
 async fn a_receiver_that_always_fails_ends_in_the_dead_letters() {
     let setup = Setup::start(StoreKind::Sqlite, &[]).await;
-    let alex = setup.user("alex").await;
-    let riya = setup.user("riya").await;
-    let receiver = PushReceiver::start(&[], Reply::Status(503)).await;
-    riya.add_webhook(&receiver.url, SECRET)
-        .await
-        .expect("add webhook");
+    let (alex, _riya, receiver) = setup
+        .alex_and_riya_with_webhook(&[], Reply::Status(503))
+        .await;
 
     send(&alex, "riya", "lunch?").await;
     setup
@@ -238,12 +225,9 @@ async fn a_receiver_that_always_fails_ends_in_the_dead_letters() {
 #[tokio::test]
 async fn content_free_pushes_hold_no_text_and_muted_conversations_none() {
     let setup = Setup::start(StoreKind::Sqlite, &[]).await;
-    let alex = setup.user("alex").await;
-    let riya = setup.user("riya").await;
-    let receiver = PushReceiver::start(&[], Reply::Status(200)).await;
-    riya.add_webhook(&receiver.url, SECRET)
-        .await
-        .expect("add webhook");
+    let (alex, riya, receiver) = setup
+        .alex_and_riya_with_webhook(&[], Reply::Status(200))
+        .await;
     riya.set_push_mode(PushMode::ContentFree)
         .await
         .expect("content-free");
@@ -389,12 +373,9 @@ async fn a_device_that_stopped_heartbeating_is_pushed() {
         &["--presence-timeout", "1s", "--heartbeat-interval", "300ms"],
     )
     .await;
-    let alex = setup.user("alex").await;
-    let riya = setup.user("riya").await;
-    let receiver = PushReceiver::start(&[], Reply::Status(200)).await;
-    riya.add_webhook(&receiver.url, SECRET)
-        .await
-        .expect("add webhook");
+    let (alex, riya, receiver) = setup
+        .alex_and_riya_with_webhook(&[], Reply::Status(200))
+        .await;
     send(&riya, "alex", "brb").await;
 
     // Her stream stays open, but the device no longer shows signs of life (nor does

@@ -54,10 +54,6 @@ fn row_id(claimed: &Claimed) -> Uuid {
     Uuid::parse_str(&claimed.handle).unwrap_or(claimed.job.id)
 }
 
-fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
 #[async_trait]
 impl PushQueue for TableQueue {
     async fn enqueue(&self, job: &PushJob, due: Timestamp) -> Result<bool, QueueError> {
@@ -89,7 +85,7 @@ impl PushQueue for TableQueue {
             .claim_pushes(
                 &self.worker,
                 now,
-                Timestamp(now.micros().saturating_add(micros(self.lease))),
+                now.after(self.lease),
                 u32::try_from(limit).unwrap_or(u32::MAX),
             )
             .await?;
