@@ -77,6 +77,7 @@ conformance!(
     concurrent_sends_from_one_sender_keep_their_own_messages_read,
     members_are_ordered_by_name_bytes,
     append_to_a_missing_conversation_fails_cleanly,
+    failing_appends_in_a_group_leave_the_others_in,
     history_pages_both_ways,
     receipts_clamp_and_only_move_forward,
     receipts_of_non_members_are_none,
@@ -522,6 +523,42 @@ async fn append_to_a_missing_conversation_fails_cleanly(store: &dyn Store) {
         .await;
     assert!(result.is_err(), "{result:?}");
     assert!(!result.expect_err("failed").is_transient());
+}
+
+/// Sends that fail, queued together with sends that do not (so that they share groups):
+/// each failure is its own, and the others are stored gapless, once each.
+async fn failing_appends_in_a_group_leave_the_others_in(store: &dyn Store) {
+    let (alex, _riya, conv) = pair(store).await;
+    let missing = ConversationId(uuid::Uuid::now_v7());
+    let sends = (0..60).map(|i| {
+        let alex = alex.clone();
+        let conversation_id = if i % 6 == 5 { missing } else { conv };
+        async move {
+            let result = store
+                .append_message(NewMessage {
+                    conversation_id,
+                    sender: alex,
+                    client_msg_id: key(&format!("g{i}")),
+                    text: text(&format!("m{i}")),
+                })
+                .await;
+            (conversation_id, result)
+        }
+    });
+    let mut stored = Vec::new();
+    for (conversation_id, result) in futures::future::join_all(sends).await {
+        if conversation_id == missing {
+            assert!(result.is_err(), "{result:?}");
+        } else {
+            let appended = result.expect("a send into an existing conversation");
+            assert!(!appended.duplicate);
+            stored.push(appended.message.seq);
+        }
+    }
+    stored.sort_unstable();
+    assert_eq!(stored, (1..=50).collect::<Vec<_>>());
+    let rows = store.messages_after(conv, 0, 100).await.expect("read");
+    assert_eq!(rows.len(), 50, "each stored once");
 }
 
 async fn history_pages_both_ways(store: &dyn Store) {

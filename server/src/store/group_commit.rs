@@ -121,6 +121,7 @@ fn rounds<W: Batched>(batch: Vec<Queued<W>>) -> Vec<Vec<Queued<W>>> {
 }
 
 /// A message on its way to the store, with the id and time it is stored with.
+#[derive(Clone)]
 pub(crate) struct AppendWrite {
     pub(crate) id: MessageId,
     pub(crate) at: Timestamp,
@@ -146,6 +147,7 @@ impl Batched for AppendWrite {
 }
 
 /// A member's watermarks moving forward (see `Store::advance_receipt`).
+#[derive(Clone)]
 pub(crate) struct ReceiptWrite {
     pub(crate) conversation: ConversationId,
     pub(crate) user: UserId,

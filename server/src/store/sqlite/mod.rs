@@ -609,8 +609,7 @@ impl Store for SqliteStore {
 }
 
 /// Sends and receipts go through the one writer connection in groups: one
-/// transaction, so one fsync, per group. Each write runs in its own savepoint, so one
-/// that fails leaves the others in.
+/// transaction, so one fsync, per group (`in_one_transaction`).
 struct Writer {
     pool: SqlitePool,
 }
@@ -634,7 +633,40 @@ impl ApplyBatch<ReceiptWrite> for Writer {
 
 type Op<W, O> = for<'c> fn(&'c mut SqliteConnection, W) -> BoxFuture<'c, Result<O, StoreError>>;
 
-async fn in_one_transaction<W: Send, O: Send>(
+/// Applies a group as one transaction. The fast way runs every write straight in the
+/// transaction; a write that fails (rare: a missing conversation, a broken row) may
+/// have changed something before it failed, so then the whole transaction is rolled
+/// back and the group applied again with a savepoint per write, which keeps the others.
+async fn in_one_transaction<W: Clone + Send, O: Send>(
+    pool: &SqlitePool,
+    batch: Vec<W>,
+    op: Op<W, O>,
+) -> Vec<Result<O, StoreError>> {
+    let size = batch.len();
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return group_failed(size, classify(e)),
+    };
+    let mut results = Vec::with_capacity(size);
+    for write in batch.iter().cloned() {
+        match op(&mut tx, write).await {
+            Ok(out) => results.push(Ok(out)),
+            Err(_) => {
+                if let Err(e) = tx.rollback().await {
+                    return group_failed(size, classify(e));
+                }
+                return with_savepoints(pool, batch, op).await;
+            }
+        }
+    }
+    if let Err(e) = tx.commit().await {
+        return group_failed(size, classify(e));
+    }
+    results
+}
+
+/// The careful way: one savepoint per write, so a write that fails leaves the others in.
+async fn with_savepoints<W: Send, O: Send>(
     pool: &SqlitePool,
     batch: Vec<W>,
     op: Op<W, O>,
