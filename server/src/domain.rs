@@ -81,6 +81,11 @@ impl Timestamp {
         self.0
     }
 
+    /// Whole seconds since the Unix epoch (rounded down).
+    pub fn unix_seconds(self) -> i64 {
+        self.0.div_euclid(1_000_000)
+    }
+
     /// This time plus `d` (saturating).
     pub fn after(self, d: Duration) -> Self {
         Timestamp(

@@ -15,7 +15,7 @@ use crate::store::Appended;
 
 pub(crate) fn timestamp(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
-        seconds: t.micros().div_euclid(1_000_000),
+        seconds: t.unix_seconds(),
         nanos: i32::try_from(t.micros().rem_euclid(1_000_000) * 1000).unwrap_or(0),
     }
 }

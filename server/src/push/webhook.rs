@@ -19,7 +19,7 @@ use ring::hmac;
 
 use super::http::{HttpClient, HttpError, PostResponse};
 use super::notification::Notification;
-use super::provider::{Outcome, Provider};
+use super::provider::{Outcome, Provider, error_outcome, response_outcome};
 use crate::domain::Timestamp;
 use crate::store::{PushEndpoint, PushTarget};
 
@@ -68,7 +68,7 @@ impl Provider for WebhookProvider {
             Ok(body) => body,
             Err(error) => return Outcome::Rejected(format!("notification JSON: {error}")),
         };
-        let timestamp = Timestamp::now().micros().div_euclid(1_000_000);
+        let timestamp = Timestamp::now().unix_seconds();
         let headers = [
             ("content-type", "application/json".to_owned()),
             (DELIVERY_HEADER, notification.delivery_id.clone()),
@@ -82,35 +82,13 @@ impl Provider for WebhookProvider {
     }
 }
 
-/// 2xx delivered; 408, 429 and 5xx may pass; 410 says the hook is gone for good; any
-/// other status is a refusal that a retry would only repeat.
+/// 410 says the hook is gone for good (see `provider::response_outcome`).
 fn outcome_for_response(response: &PostResponse) -> Outcome {
-    let status = response.status;
-    match status {
-        200..=299 => Outcome::Delivered,
-        408 | 429 | 500..=599 => Outcome::Retry(describe(response)),
-        410 => Outcome::Gone(format!("webhook answered HTTP {status}")),
-        _ => Outcome::Rejected(format!("webhook answered HTTP {status}")),
-    }
+    response_outcome(response, "webhook", &[410])
 }
 
 fn outcome_for_error(error: &HttpError) -> Outcome {
-    if error.is_transient() {
-        Outcome::Retry(format!("webhook: {error}"))
-    } else {
-        Outcome::Rejected(format!("webhook: {error}"))
-    }
-}
-
-fn describe(response: &PostResponse) -> String {
-    match response.retry_after {
-        Some(after) => format!(
-            "webhook answered HTTP {} (retry after {}s)",
-            response.status,
-            after.as_secs()
-        ),
-        None => format!("webhook answered HTTP {}", response.status),
-    }
+    error_outcome(error, "webhook")
 }
 
 #[cfg(test)]

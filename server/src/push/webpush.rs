@@ -19,7 +19,7 @@ use ring::{aead, agreement, digest, hkdf};
 
 use super::http::{HttpClient, HttpError, PostResponse};
 use super::notification::Notification;
-use super::provider::{Outcome, Provider};
+use super::provider::{Outcome, Provider, error_outcome, response_outcome};
 use crate::domain::Timestamp;
 use crate::store::{PushEndpoint, PushTarget};
 
@@ -457,7 +457,7 @@ impl Provider for WebPushProvider {
                 target.endpoint.kind()
             ));
         };
-        let now_unix = Timestamp::now().micros().div_euclid(1_000_000);
+        let now_unix = Timestamp::now().unix_seconds();
         let (headers, body) = match self.request(endpoint, p256dh, auth, notification, now_unix) {
             Ok(request) => request,
             Err(error) => return outcome_for_request_error(&error),
@@ -477,33 +477,15 @@ fn outcome_for_request_error(error: &WebPushError) -> Outcome {
     }
 }
 
-/// 2xx (201 Created, usually) delivered; 404 and 410 mean the subscription expired or
-/// was dropped; 408, 429 and 5xx may pass; anything else (400, 401 and 403 for a VAPID
-/// problem, 413 for a payload too large) would only be refused again.
+/// 404 and 410 mean the subscription expired or was dropped (see
+/// `provider::response_outcome`; 400, 401 and 403 for a VAPID problem, or 413 for a
+/// payload too large, would only be refused again).
 fn outcome_for_response(response: &PostResponse) -> Outcome {
-    let status = response.status;
-    match status {
-        200..=299 => Outcome::Delivered,
-        404 | 410 => Outcome::Gone(format!("push service answered HTTP {status}")),
-        408 | 429 | 500..=599 => Outcome::Retry(match response.retry_after {
-            Some(after) => {
-                format!(
-                    "push service answered HTTP {status} (retry after {}s)",
-                    after.as_secs()
-                )
-            }
-            None => format!("push service answered HTTP {status}"),
-        }),
-        _ => Outcome::Rejected(format!("push service answered HTTP {status}")),
-    }
+    response_outcome(response, "push service", &[404, 410])
 }
 
 fn outcome_for_http_error(error: &HttpError) -> Outcome {
-    if error.is_transient() {
-        Outcome::Retry(format!("web push: {error}"))
-    } else {
-        Outcome::Rejected(format!("web push: {error}"))
-    }
+    error_outcome(error, "web push")
 }
 
 /// base64url as configured by hand: padding, surrounding space and the standard

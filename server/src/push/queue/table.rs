@@ -35,11 +35,9 @@ impl TableQueue {
     }
 
     fn known_waiting(&self, key: &str, now: Timestamp) -> bool {
-        let Ok(mut waiting) = self.waiting.lock() else {
-            return false;
-        };
-        waiting.retain(|_, due| *due > now);
-        waiting.contains_key(key)
+        self.waiting
+            .lock()
+            .is_ok_and(|waiting| waiting.get(key).is_some_and(|due| *due > now))
     }
 
     fn remember_waiting(&self, key: String, due: Timestamp) {
@@ -106,12 +104,15 @@ impl PushQueue for TableQueue {
                 }
             }
         }
+        // Forgotten here, off the send path: claimed keys, and keys whose rows are due
+        // (another process's worker may have claimed those).
         if let Ok(mut waiting) = self.waiting.lock() {
             for c in &claimed {
                 if let Some(key) = c.job.coalesce_key() {
                     waiting.remove(&key);
                 }
             }
+            waiting.retain(|_, due| *due > now);
         }
         Ok(claimed)
     }
