@@ -213,6 +213,7 @@ pub(crate) async fn pairs(pool: &PgPool, run: &str, n: usize) -> anyhow::Result<
     }
     let ids: Vec<(Uuid, Uuid)> = pairs.iter().map(|(s, r)| (s.id, r.id)).collect();
     let conversations = direct_conversations(pool, &ids).await?;
+    analyze(pool).await?;
     Ok(pairs
         .into_iter()
         .zip(conversations)
@@ -242,6 +243,7 @@ pub(crate) async fn catch_up(
     let conversations = direct_conversations(pool, &pairs).await?;
     let with_sender: Vec<(Uuid, Uuid)> = conversations.iter().map(|&c| (c, sender.id)).collect();
     messages(pool, &with_sender, messages_each).await?;
+    analyze(pool).await?;
     Ok(receivers.into_iter().map(|r| r.account).collect())
 }
 
@@ -351,11 +353,19 @@ pub(crate) async fn history(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    // Fresh statistics, so the planner sees the table as it now is.
+    analyze(pool).await?;
+    Ok(targets)
+}
+
+/// Fresh statistics after a bulk seed, as autovacuum keeps them on a database that grew
+/// by use: without them the planner takes the seeded tables for the empty ones it last
+/// saw, and plans scans and hash joins where an index lookup is right.
+async fn analyze(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::raw_sql("ANALYZE users, sessions, conversations, members, messages")
         .execute(pool)
-        .await?;
-    Ok(targets)
+        .await
+        .context("analyzing the seeded tables")?;
+    Ok(())
 }
 
 /// A token in the server's format (opaque to it: only the hash is compared).

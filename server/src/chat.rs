@@ -32,8 +32,8 @@ pub struct Limits {
     pub send_burst: u32,
     pub heartbeat_interval: Duration,
     pub presence_timeout: Duration,
-    /// Sessions reading their catch-up from the store at once; the others wait their
-    /// turn rather than all queueing for the pool and timing out.
+    /// Store reads sessions run at once (catch-up, resync, gap fills); the others wait
+    /// their turn rather than all queueing for the pool and timing out.
     pub catch_up_concurrency: usize,
 }
 
@@ -116,7 +116,7 @@ pub struct Chat {
     pub limits: Limits,
     /// Names and direct conversations already read from the store.
     directory: Directory,
-    /// Turns at reading a catch-up from the store (see `Limits::catch_up_concurrency`).
+    /// Turns at a session's store reads (see `Limits::catch_up_concurrency`).
     pub catch_up_turns: Arc<tokio::sync::Semaphore>,
     limiter: RateLimiter,
     typing_limiter: RateLimiter,

@@ -177,9 +177,7 @@ impl Worker {
         // Listening starts before the store is read, so a message committed in between
         // arrives live and is dropped as a duplicate rather than missed.
         self.chat.bus.listen(self.device.user.id).await;
-        let turn = self.wait_for_turn().await?;
         self.catch_up().await?;
-        drop(turn);
         let expires_in = self
             .device
             .expires_at
@@ -228,32 +226,37 @@ impl Worker {
         }
     }
 
-    /// Waits for a turn at reading the store (many sessions reconnecting at once take
-    /// turns), saying it is alive meanwhile so that the client does not give up on a
-    /// silent stream.
-    async fn wait_for_turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Stop> {
-        let turns = self.chat.catch_up_turns.clone();
-        let acquire = turns.acquire_owned();
+    /// Runs one store read in a turn. Many sessions reconnecting at once take turns at
+    /// the pool, so that none waits past the pool's timeout. The turn covers the read
+    /// only, never the sending of what it read: a slow client must not hold the store
+    /// from the others. While it waits, the session says it is alive, so that the client
+    /// does not give up on a silent stream.
+    async fn read<T>(
+        &self,
+        read: impl Future<Output = Result<T, crate::store::StoreError>>,
+    ) -> Result<T, Stop> {
+        let acquire = self.chat.catch_up_turns.acquire();
         tokio::pin!(acquire);
         let quiet_for = self.chat.limits.heartbeat_interval;
-        loop {
+        let _turn = loop {
             tokio::select! {
                 biased;
                 _ = self.closer.token().cancelled() => return Err(Stop::Closed),
-                permit = &mut acquire => {
-                    return permit.map_err(|_| Stop::Closed);
-                }
+                permit = &mut acquire => break permit.map_err(|_| Stop::Closed)?,
                 _ = tokio::time::sleep(quiet_for) => {
                     self.emit(convert::frame(Kind::KeepAlive(pb::KeepAlive {}))).await?;
                 }
             }
-        }
+        };
+        Ok(read.await?)
     }
 
     /// Replays everything after the resume points, then the peers' receipts, then
     /// "caught up" with the cursors the client now holds.
     async fn catch_up(&mut self) -> Result<(), Stop> {
-        let positions = self.chat.store.positions(self.device.user.id).await?;
+        let positions = self
+            .read(self.chat.store.positions(self.device.user.id))
+            .await?;
         for p in positions {
             // A returning device (it sent cursors) has never seen a conversation it
             // has no cursor for: replay it all. A new device starts after what the
@@ -266,7 +269,10 @@ impl Worker {
             self.cursors.insert(p.conversation_id, from);
             self.fill(p.conversation_id, p.last_seq).await?;
         }
-        for receipt in self.chat.store.peer_receipts(self.device.user.id).await? {
+        let receipts = self
+            .read(self.chat.store.peer_receipts(self.device.user.id))
+            .await?;
+        for receipt in receipts {
             self.emit(convert::frame(Kind::Receipt(convert::receipt(&receipt))))
                 .await?;
         }
@@ -288,10 +294,16 @@ impl Worker {
     /// monotonic.
     async fn resync(&mut self) -> Result<(), Stop> {
         metrics::counter!(crate::metrics::RESYNCS).increment(1);
-        for p in self.chat.store.positions(self.device.user.id).await? {
+        let positions = self
+            .read(self.chat.store.positions(self.device.user.id))
+            .await?;
+        for p in positions {
             self.fill(p.conversation_id, p.last_seq).await?;
         }
-        for receipt in self.chat.store.peer_receipts(self.device.user.id).await? {
+        let receipts = self
+            .read(self.chat.store.peer_receipts(self.device.user.id))
+            .await?;
+        for receipt in receipts {
             self.emit(convert::frame(Kind::Receipt(convert::receipt(&receipt))))
                 .await?;
         }
@@ -309,9 +321,7 @@ impl Worker {
                 .unwrap_or(u32::MAX)
                 .min(REPLAY_PAGE);
             let page = self
-                .chat
-                .store
-                .messages_after(conversation, cursor, want)
+                .read(self.chat.store.messages_after(conversation, cursor, want))
                 .await?;
             if page.is_empty() {
                 return Ok(());

@@ -78,6 +78,7 @@ conformance!(
     members_are_ordered_by_name_bytes,
     append_to_a_missing_conversation_fails_cleanly,
     failing_appends_in_a_group_leave_the_others_in,
+    sends_and_receipts_across_many_conversations_at_once_are_exact,
     history_pages_both_ways,
     receipts_clamp_and_only_move_forward,
     receipts_of_non_members_are_none,
@@ -559,6 +560,129 @@ async fn failing_appends_in_a_group_leave_the_others_in(store: &dyn Store) {
     assert_eq!(stored, (1..=50).collect::<Vec<_>>());
     let rows = store.messages_after(conv, 0, 100).await.expect("read");
     assert_eq!(rows.len(), 50, "each stored once");
+}
+
+/// Sends into many conversations at once (so that groups hold one per conversation, the
+/// stores' multi-row way), with retries of earlier sends mixed in, then receipts of
+/// every member at once with a non-member's among them: each answer is its own, exact.
+async fn sends_and_receipts_across_many_conversations_at_once_are_exact(store: &dyn Store) {
+    const PAIRS: usize = 24;
+    const ROUNDS: u64 = 4;
+    let mut pairs = Vec::new();
+    for i in 0..PAIRS {
+        let sender = user(store, &format!("s{i}")).await;
+        let reader = user(store, &format!("r{i}")).await;
+        let conv = store
+            .ensure_direct(sender.id, reader.id)
+            .await
+            .expect("ensure direct");
+        pairs.push((sender, reader, conv));
+    }
+    for round in 1..=ROUNDS {
+        let sends = pairs.iter().enumerate().flat_map(|(i, (sender, _, conv))| {
+            // Every third pair also retries its previous round's send in this round.
+            let retry = (round > 1 && i % 3 == 0).then(|| (round - 1, true));
+            std::iter::once((round, false))
+                .chain(retry)
+                .map(move |(k, is_retry)| async move {
+                    let appended = store
+                        .append_message(NewMessage {
+                            conversation_id: *conv,
+                            sender: sender.clone(),
+                            client_msg_id: key(&format!("p{i}-{k}")),
+                            text: text(&format!("pair {i} message {k}")),
+                        })
+                        .await
+                        .expect("append");
+                    (i, k, is_retry, appended)
+                })
+        });
+        for (i, k, is_retry, appended) in futures::future::join_all(sends).await {
+            let (sender, _, conv) = &pairs[i];
+            assert_eq!(appended.duplicate, is_retry, "pair {i} message {k}");
+            assert_eq!(appended.message.seq, k, "pair {i} message {k}");
+            assert_eq!(appended.message.conversation_id, *conv);
+            assert_eq!(&appended.message.sender, sender);
+            assert_eq!(
+                appended.message.text.as_str(),
+                format!("pair {i} message {k}")
+            );
+            let stored = store
+                .messages_after(*conv, k - 1, 1)
+                .await
+                .expect("read back");
+            assert_eq!(stored, vec![appended.message], "pair {i} message {k}");
+        }
+    }
+    for (i, (sender, reader, conv)) in pairs.iter().enumerate() {
+        let stored = store.messages_after(*conv, 0, 100).await.expect("history");
+        assert_eq!(stored.len() as u64, ROUNDS, "pair {i}: each stored once");
+        let own = store
+            .membership(*conv, sender.id)
+            .await
+            .expect("m")
+            .expect("member");
+        assert_eq!(
+            (own.delivered_seq, own.read_seq),
+            (ROUNDS, ROUNDS),
+            "pair {i}"
+        );
+        let theirs = store
+            .membership(*conv, reader.id)
+            .await
+            .expect("m")
+            .expect("member");
+        assert_eq!((theirs.delivered_seq, theirs.read_seq), (0, 0), "pair {i}");
+    }
+
+    // Readers acknowledge delivery of all (beyond the last seq: clamped), every other
+    // reader reads up to 2, and an outsider's receipt rides in the same groups.
+    let outsider = user(store, "outsider").await;
+    let acks = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, reader, conv))| async move {
+            let read = if i % 2 == 0 { 2 } else { 0 };
+            let update = store
+                .advance_receipt(*conv, reader.id, ROUNDS + 10, read)
+                .await
+                .expect("ack");
+            (i, read, update)
+        });
+    let stranger = store.advance_receipt(pairs[0].2, outsider.id, 1, 1);
+    let (answers, stranger) = futures::join!(futures::future::join_all(acks), stranger);
+    assert!(stranger.expect("ack").is_none(), "not a member");
+    for (i, read, update) in answers {
+        let (_, reader, conv) = &pairs[i];
+        let update = update.expect("a member");
+        assert!(update.changed, "pair {i}");
+        assert_eq!(update.receipt.conversation_id, *conv);
+        assert_eq!(&update.receipt.user, reader);
+        assert_eq!(
+            (update.receipt.delivered_seq, update.receipt.read_seq),
+            (ROUNDS, read),
+            "pair {i}"
+        );
+        let stored = store
+            .membership(*conv, reader.id)
+            .await
+            .expect("m")
+            .expect("member");
+        assert_eq!(
+            (stored.delivered_seq, stored.read_seq),
+            (ROUNDS, read),
+            "pair {i}"
+        );
+    }
+    // The same receipts again move nothing, and say so.
+    let again = pairs
+        .iter()
+        .map(|(_, reader, conv)| store.advance_receipt(*conv, reader.id, ROUNDS, 0));
+    for update in futures::future::join_all(again).await {
+        let update = update.expect("ack").expect("member");
+        assert!(!update.changed);
+        assert_eq!(update.receipt.delivered_seq, ROUNDS);
+    }
 }
 
 async fn history_pages_both_ways(store: &dyn Store) {

@@ -6,21 +6,21 @@
 //! before a send is acknowledged.
 
 mod push;
+mod writes;
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
+use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
-use sqlx::{Connection, Row};
 use uuid::Uuid;
 
-use super::group_commit::{AppendWrite, ApplyBatch, GroupCommit, ReceiptWrite};
+use super::group_commit::{AppendWrite, GroupCommit, ReceiptWrite};
 use super::{
     Appended, ConversationSummary, DeviceSession, NewMessage, Position, ReceiptUpdate, Store,
     StoreError, StoreOptions, UserCredentials,
@@ -65,7 +65,7 @@ impl SqliteStore {
             .map_err(classify)?;
         // One committer: SQLite has one writer, and a group in flight is a group
         // that cannot grow.
-        let grouped = Arc::new(Writer {
+        let grouped = Arc::new(writes::Writer {
             pool: writer.clone(),
         });
         Ok(SqliteStore {
@@ -606,245 +606,4 @@ impl Store for SqliteStore {
             })
             .await
     }
-}
-
-/// Sends and receipts go through the one writer connection in groups: one
-/// transaction, so one fsync, per group (`in_one_transaction`).
-struct Writer {
-    pool: SqlitePool,
-}
-
-#[async_trait]
-impl ApplyBatch<AppendWrite> for Writer {
-    async fn apply(&self, batch: Vec<AppendWrite>) -> Vec<Result<Appended, StoreError>> {
-        in_one_transaction(&self.pool, batch, |tx, w| Box::pin(append_in(tx, w))).await
-    }
-}
-
-#[async_trait]
-impl ApplyBatch<ReceiptWrite> for Writer {
-    async fn apply(
-        &self,
-        batch: Vec<ReceiptWrite>,
-    ) -> Vec<Result<Option<ReceiptUpdate>, StoreError>> {
-        in_one_transaction(&self.pool, batch, |tx, w| Box::pin(advance_in(tx, w))).await
-    }
-}
-
-type Op<W, O> = for<'c> fn(&'c mut SqliteConnection, W) -> BoxFuture<'c, Result<O, StoreError>>;
-
-/// Applies a group as one transaction. The fast way runs every write straight in the
-/// transaction; a write that fails (rare: a missing conversation, a broken row) may
-/// have changed something before it failed, so then the whole transaction is rolled
-/// back and the group applied again with a savepoint per write, which keeps the others.
-async fn in_one_transaction<W: Clone + Send, O: Send>(
-    pool: &SqlitePool,
-    batch: Vec<W>,
-    op: Op<W, O>,
-) -> Vec<Result<O, StoreError>> {
-    let size = batch.len();
-    let mut tx = match pool.begin().await {
-        Ok(tx) => tx,
-        Err(e) => return group_failed(size, classify(e)),
-    };
-    let mut results = Vec::with_capacity(size);
-    for write in batch.iter().cloned() {
-        match op(&mut tx, write).await {
-            Ok(out) => results.push(Ok(out)),
-            Err(_) => {
-                if let Err(e) = tx.rollback().await {
-                    return group_failed(size, classify(e));
-                }
-                return with_savepoints(pool, batch, op).await;
-            }
-        }
-    }
-    if let Err(e) = tx.commit().await {
-        return group_failed(size, classify(e));
-    }
-    results
-}
-
-/// The careful way: one savepoint per write, so a write that fails leaves the others in.
-async fn with_savepoints<W: Send, O: Send>(
-    pool: &SqlitePool,
-    batch: Vec<W>,
-    op: Op<W, O>,
-) -> Vec<Result<O, StoreError>> {
-    let size = batch.len();
-    let mut tx = match pool.begin().await {
-        Ok(tx) => tx,
-        Err(e) => return group_failed(size, classify(e)),
-    };
-    let mut results = Vec::with_capacity(size);
-    for write in batch {
-        let result = match tx.begin().await {
-            Ok(mut savepoint) => match op(&mut savepoint, write).await {
-                Ok(out) => savepoint.commit().await.map(|_| out).map_err(classify),
-                Err(e) => {
-                    let _ = savepoint.rollback().await;
-                    Err(e)
-                }
-            },
-            Err(e) => Err(classify(e)),
-        };
-        results.push(result);
-    }
-    if let Err(e) = tx.commit().await {
-        return group_failed(size, classify(e));
-    }
-    results
-}
-
-/// The same failure for every write of a group: the first gets the error itself,
-/// the others its description, with the same retryability.
-fn group_failed<O>(size: usize, error: StoreError) -> Vec<Result<O, StoreError>> {
-    let transient = error.is_transient();
-    let text = error.to_string();
-    let mut out = vec![Err(error)];
-    out.extend((1..size).map(|_| {
-        let cause = sqlx::Error::Io(std::io::Error::other(format!(
-            "group commit failed: {text}"
-        )));
-        Err(if transient {
-            StoreError::Unavailable(cause)
-        } else {
-            StoreError::Database(cause)
-        })
-    }));
-    out.truncate(size);
-    out
-}
-
-async fn append_in(tx: &mut SqliteConnection, write: AppendWrite) -> Result<Appended, StoreError> {
-    let AppendWrite { id, at: now, new } = write;
-    let conv = new.conversation_id.to_string();
-    let sender = new.sender.id.to_string();
-    // A retry finds its original before anything is incremented, so it burns no seq.
-    let existing = sqlx::query(FIND_SENT)
-        .bind(&conv)
-        .bind(&sender)
-        .bind(new.client_msg_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify)?;
-    if let Some(row) = existing {
-        let message = message_from_row(&row)?;
-        return Ok(Appended {
-            message,
-            duplicate: true,
-        });
-    }
-    let row = sqlx::query(
-        "UPDATE conversations SET last_seq = last_seq + 1, last_message_at = ? \
-         WHERE id = ? RETURNING last_seq",
-    )
-    .bind(now.micros())
-    .bind(&conv)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(classify)?;
-    let Some(row) = row else {
-        return Err(StoreError::Corrupt(format!(
-            "conversation {conv} does not exist"
-        )));
-    };
-    let seq = seq_col(&row, "last_seq")?;
-    sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, body, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&conv)
-    .bind(seq_param(seq))
-    .bind(id.to_string())
-    .bind(&sender)
-    .bind(new.client_msg_id.as_str())
-    .bind(new.text.as_str())
-    .bind(now.micros())
-    .execute(&mut *tx)
-    .await
-    .map_err(classify)?;
-    // The sender's own message is not unread for them. Only when they had read
-    // everything before it, though: a send must not mark the peer's unread
-    // messages as read.
-    sqlx::query(
-        "UPDATE members SET delivered_seq = max(delivered_seq, ?1), read_seq = ?1 \
-         WHERE conversation_id = ?2 AND user_id = ?3 AND read_seq = ?1 - 1",
-    )
-    .bind(seq_param(seq))
-    .bind(&conv)
-    .bind(&sender)
-    .execute(&mut *tx)
-    .await
-    .map_err(classify)?;
-    Ok(Appended {
-        message: Message {
-            conversation_id: new.conversation_id,
-            seq,
-            id,
-            sender: new.sender,
-            client_msg_id: new.client_msg_id,
-            text: new.text,
-            sent_at: now,
-        },
-        duplicate: false,
-    })
-}
-
-async fn advance_in(
-    tx: &mut SqliteConnection,
-    write: ReceiptWrite,
-) -> Result<Option<ReceiptUpdate>, StoreError> {
-    let ReceiptWrite {
-        conversation,
-        user,
-        delivered: delivered_seq,
-        read: read_seq,
-    } = write;
-    let row = sqlx::query(
-        "SELECT m.conversation_id, m.user_id, u.name AS user_name, m.delivered_seq, m.read_seq, \
-                c.last_seq \
-         FROM members m JOIN conversations c ON c.id = m.conversation_id \
-         JOIN users u ON u.id = m.user_id \
-         WHERE m.conversation_id = ? AND m.user_id = ?",
-    )
-    .bind(conversation.to_string())
-    .bind(user.to_string())
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(classify)?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let current = receipt_from_row(&row)?;
-    let last_seq = seq_col(&row, "last_seq")?;
-    let read = current.read_seq.max(read_seq.min(last_seq));
-    let delivered = current
-        .delivered_seq
-        .max(delivered_seq.min(last_seq))
-        .max(read);
-    if read == current.read_seq && delivered == current.delivered_seq {
-        return Ok(Some(ReceiptUpdate {
-            receipt: current,
-            changed: false,
-        }));
-    }
-    sqlx::query(
-        "UPDATE members SET delivered_seq = ?, read_seq = ? WHERE conversation_id = ? AND user_id = ?",
-    )
-    .bind(seq_param(delivered))
-    .bind(seq_param(read))
-    .bind(conversation.to_string())
-    .bind(user.to_string())
-    .execute(&mut *tx)
-    .await
-    .map_err(classify)?;
-    Ok(Some(ReceiptUpdate {
-        receipt: Receipt {
-            delivered_seq: delivered,
-            read_seq: read,
-            ..current
-        },
-        changed: true,
-    }))
 }
