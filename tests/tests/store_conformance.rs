@@ -1484,3 +1484,45 @@ async fn rescheduled_and_dead_pushes(store: &dyn Store) {
     assert!(dead[0].died_at > dead[1].died_at);
     assert_eq!(store.dead_pushes(1).await.expect("dead").len(), 1);
 }
+
+/// SQLite's writer never checkpoints (a checkpoint on the commit path stalls every send
+/// queued behind it), so a connection of its own must copy the WAL back into the
+/// database while the store runs, not only when it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_copies_the_wal_into_the_database_while_running() {
+    const MESSAGES: usize = 200;
+    const TEXT_BYTES: usize = 10 * 1024;
+    let fixture = open(StoreKind::Sqlite).await;
+    let store = fixture.store.as_ref();
+    let database = fixture._db.dir().join("chat.db");
+    let (alex, _riya, conv) = pair(store).await;
+    let body = "x".repeat(TEXT_BYTES);
+    for i in 0..MESSAGES {
+        send(store, conv, &alex, &format!("w{i}"), &body).await;
+    }
+    let written = (MESSAGES * TEXT_BYTES) as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let size = std::fs::metadata(&database)
+            .expect("the database file")
+            .len();
+        if size >= written {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the database file holds {size} bytes after {written} bytes of messages: \
+             the WAL was not copied back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        store
+            .messages_after(conv, 0, 500)
+            .await
+            .expect("read")
+            .len(),
+        MESSAGES
+    );
+    fixture.store.close().await;
+}

@@ -3,7 +3,8 @@
 //! Writes go through a pool of exactly one connection, so SQLite's single writer is an
 //! explicit queue in this process instead of `SQLITE_BUSY` retries; reads use a separate
 //! pool and see every committed write (WAL). `synchronous = FULL` makes a commit durable
-//! before a send is acknowledged.
+//! before a send is acknowledged. A connection of its own checkpoints the WAL beside the
+//! writer, which never does. Grouped writes are in `writes.rs`.
 
 mod push;
 mod writes;
@@ -18,6 +19,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::group_commit::{AppendWrite, GroupCommit, ReceiptWrite};
@@ -33,6 +35,8 @@ use crate::domain::{
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    checkpointer: SqlitePool,
+    stop_checkpoints: CancellationToken,
     appends: GroupCommit<AppendWrite>,
     receipts: GroupCommit<ReceiptWrite>,
 }
@@ -50,19 +54,34 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(wait);
+        // The writer never checkpoints: a commit that crosses the autocheckpoint
+        // threshold copies the WAL into the database and fsyncs it before it returns,
+        // and on the one writer that stalls every send queued behind it. A connection
+        // of its own checkpoints instead (`checkpoint_loop`), beside the writer.
         let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(wait)
+            .connect_with(connect.clone().pragma("wal_autocheckpoint", "0"))
+            .await
+            .map_err(classify)?;
+        sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
+        let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(wait)
             .connect_with(connect.clone())
             .await
             .map_err(classify)?;
-        sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.pool_size.max(1))
             .acquire_timeout(wait)
             .connect_with(connect.read_only(true))
             .await
             .map_err(classify)?;
+        let stop_checkpoints = CancellationToken::new();
+        tokio::spawn(checkpoint_loop(
+            checkpointer.clone(),
+            stop_checkpoints.clone(),
+        ));
         // One committer: SQLite has one writer, and a group in flight is a group
         // that cannot grow.
         let grouped = Arc::new(writes::Writer {
@@ -73,7 +92,33 @@ impl SqliteStore {
             receipts: GroupCommit::start(grouped, 1, MAX_BATCH),
             writer,
             reader,
+            checkpointer,
+            stop_checkpoints,
         })
+    }
+}
+
+/// How often the WAL is copied back into the database: it holds at most about this
+/// much of the write load, and each pass copies a few hundred pages.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Checkpoints the WAL beside the writer. PASSIVE never waits for the writer or for
+/// readers: it copies what no reader still needs, and the writer starts the WAL over
+/// once a pass has copied all of it.
+async fn checkpoint_loop(pool: SqlitePool, stop: CancellationToken) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; the next pass retries");
+        }
     }
 }
 
@@ -184,7 +229,9 @@ const PEER_RECEIPTS: &str = "SELECT o.conversation_id, o.user_id, u.name AS user
 #[async_trait]
 impl Store for SqliteStore {
     async fn close(&self) {
+        self.stop_checkpoints.cancel();
         self.reader.close().await;
+        self.checkpointer.close().await;
         self.writer.close().await;
     }
 
