@@ -10,7 +10,7 @@
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{Connection, Row};
 
@@ -96,17 +96,13 @@ async fn append_group(
     pool: &SqlitePool,
     batch: &[AppendWrite],
 ) -> Result<Grouped<Appended>, StoreError> {
-    let keys = json!(
-        batch
-            .iter()
-            .map(|w| json!([
-                w.new.conversation_id.to_string(),
-                w.new.sender.id.to_string(),
-                w.new.client_msg_id.as_str()
-            ]))
-            .collect::<Vec<_>>()
-    )
-    .to_string();
+    let keys = json_rows(batch, |w| {
+        json!([
+            w.new.conversation_id.to_string(),
+            w.new.sender.id.to_string(),
+            w.new.client_msg_id.as_str()
+        ])
+    });
     let mut tx = pool.begin().await.map_err(classify)?;
     let prior: i64 = sqlx::query_scalar(GROUP_PRIOR)
         .bind(&keys)
@@ -117,13 +113,9 @@ async fn append_group(
         tx.rollback().await.map_err(classify)?;
         return Ok(Grouped::OneByOne);
     }
-    let bumps = json!(
-        batch
-            .iter()
-            .map(|w| json!([w.new.conversation_id.to_string(), w.at.micros()]))
-            .collect::<Vec<_>>()
-    )
-    .to_string();
+    let bumps = json_rows(batch, |w| {
+        json!([w.new.conversation_id.to_string(), w.at.micros()])
+    });
     let rows = sqlx::query(GROUP_NEXT_SEQ)
         .bind(&bumps)
         .fetch_all(&mut *tx)
@@ -144,39 +136,29 @@ async fn append_group(
             }
         }
     }
-    let rows = json!(
-        batch
-            .iter()
-            .zip(&stored)
-            .map(|(w, &seq)| json!([
-                w.new.conversation_id.to_string(),
-                seq,
-                w.id.to_string(),
-                w.new.sender.id.to_string(),
-                w.new.client_msg_id.as_str(),
-                w.new.text.as_str(),
-                w.at.micros()
-            ]))
-            .collect::<Vec<_>>()
-    )
-    .to_string();
+    let rows = json_rows(batch.iter().zip(&stored), |(w, seq)| {
+        json!([
+            w.new.conversation_id.to_string(),
+            seq,
+            w.id.to_string(),
+            w.new.sender.id.to_string(),
+            w.new.client_msg_id.as_str(),
+            w.new.text.as_str(),
+            w.at.micros()
+        ])
+    });
     sqlx::query(GROUP_INSERT)
         .bind(&rows)
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
-    let own = json!(
-        batch
-            .iter()
-            .zip(&stored)
-            .map(|(w, &seq)| json!([
-                w.new.conversation_id.to_string(),
-                w.new.sender.id.to_string(),
-                seq
-            ]))
-            .collect::<Vec<_>>()
-    )
-    .to_string();
+    let own = json_rows(batch.iter().zip(&stored), |(w, seq)| {
+        json!([
+            w.new.conversation_id.to_string(),
+            w.new.sender.id.to_string(),
+            seq
+        ])
+    });
     sqlx::query(GROUP_OWN_READ)
         .bind(&own)
         .execute(&mut *tx)
@@ -207,6 +189,12 @@ async fn append_group(
     ))
 }
 
+/// A group statement's rows as one JSON array of arrays, which the statement reads back
+/// with `json_each` (`value->>0` is a row's first column).
+fn json_rows<T>(items: impl IntoIterator<Item = T>, row: impl FnMut(T) -> Value) -> String {
+    Value::Array(items.into_iter().map(row).collect()).to_string()
+}
+
 /// Every input's member row with its conversation's last seq; `ord` is the input's index.
 const GROUP_RECEIPTS: &str = "SELECT j.key AS ord, m.conversation_id, m.user_id, \
             u.name AS user_name, m.delivered_seq, m.read_seq, c.last_seq \
@@ -225,13 +213,9 @@ async fn advance_group(
     pool: &SqlitePool,
     batch: &[ReceiptWrite],
 ) -> Result<Vec<Result<Option<ReceiptUpdate>, StoreError>>, StoreError> {
-    let keys = json!(
-        batch
-            .iter()
-            .map(|w| json!([w.conversation.to_string(), w.user.to_string()]))
-            .collect::<Vec<_>>()
-    )
-    .to_string();
+    let keys = json_rows(batch, |w| {
+        json!([w.conversation.to_string(), w.user.to_string()])
+    });
     let mut tx = pool.begin().await.map_err(classify)?;
     let rows = sqlx::query(GROUP_RECEIPTS)
         .bind(&keys)
@@ -264,7 +248,7 @@ async fn advance_group(
     }
     if !moves.is_empty() {
         sqlx::query(GROUP_MOVE_RECEIPTS)
-            .bind(json!(moves).to_string())
+            .bind(Value::Array(moves).to_string())
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
