@@ -213,9 +213,7 @@ pub(crate) async fn pairs(pool: &PgPool, run: &str, n: usize) -> anyhow::Result<
     }
     let ids: Vec<(Uuid, Uuid)> = pairs.iter().map(|(s, r)| (s.id, r.id)).collect();
     let conversations = direct_conversations(pool, &ids).await?;
-    // No `analyze` here, unlike the other seeds: with fresh statistics the committers'
-    // group statements take plans that rescan their CTEs in nested loops, and a
-    // one-replica run carries under 1,000/s (see BENCHMARKS.md, "Noticed").
+    analyze(pool).await?;
     Ok(pairs
         .into_iter()
         .zip(conversations)

@@ -186,10 +186,14 @@ pub(super) async fn advance_one(
 }
 
 /// Many sends, at most one per conversation, in one statement: the one-row statement
-/// above over arrays. Conversation rows are locked in id order first, so groups on
-/// several replicas never wait on each other in a cycle; the sender's row in `members`
-/// moves as in `APPEND`. One row per input comes back (`ord`), or none for a send to
-/// a conversation that does not exist.
+/// above over arrays. Conversation rows are locked in id order first (the one-time
+/// `count(*)` over `locked` runs before the update touches a row), so groups on several
+/// replicas never wait on each other in a cycle; the sender's row in `members` moves as
+/// in `APPEND`. One row per input comes back (`ord`), or none for a send to a
+/// conversation that does not exist. No step joins two of the statement's own CTEs:
+/// each passes on what the next needs through `RETURNING`. The committers allow only
+/// nested loops, and a nested loop over two CTEs is quadratic in the group, which made
+/// large groups slow, and a server that fell behind slower still.
 const APPEND_BATCH: &str = "WITH input AS ( \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
              $6::timestamptz[]) WITH ORDINALITY \
@@ -212,29 +216,28 @@ const APPEND_BATCH: &str = "WITH input AS ( \
              last_body = f.body \
          FROM fresh f \
          WHERE conversations.id = f.conversation_id \
-           AND conversations.id IN (SELECT id FROM locked) \
-         RETURNING conversations.id, conversations.last_seq), \
+           AND (SELECT count(*) FROM locked) >= 0 \
+         RETURNING f.ord, conversations.id AS conversation_id, conversations.last_seq AS seq, \
+             f.id, f.sender_id, f.client_msg_id, f.body, f.created_at), \
      m AS ( \
          INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, body, created_at) \
-         SELECT f.conversation_id, c.last_seq, f.id, f.sender_id, f.client_msg_id, f.body, \
-             f.created_at \
-         FROM fresh f JOIN c ON c.id = f.conversation_id \
-         RETURNING conversation_id, seq, sender_id), \
+         SELECT conversation_id, seq, id, sender_id, client_msg_id, body, created_at FROM c), \
      own AS ( \
          UPDATE members SET \
-             delivered_seq = CASE WHEN members.read_seq = m.seq - 1 \
-                 THEN GREATEST(members.delivered_seq, m.seq) ELSE members.delivered_seq END, \
-             read_seq = CASE WHEN members.read_seq = m.seq - 1 THEN m.seq ELSE members.read_seq END \
-         FROM m WHERE members.conversation_id = m.conversation_id \
-           AND members.user_id = m.sender_id) \
-     SELECT f.ord, m.seq, NULL::uuid AS id, NULL::text AS body, \
-            NULL::timestamptz AS created_at, false AS duplicate \
-     FROM m JOIN fresh f ON f.conversation_id = m.conversation_id \
+             delivered_seq = CASE WHEN members.read_seq = c.seq - 1 \
+                 THEN GREATEST(members.delivered_seq, c.seq) ELSE members.delivered_seq END, \
+             read_seq = CASE WHEN members.read_seq = c.seq - 1 THEN c.seq ELSE members.read_seq END \
+         FROM c WHERE members.conversation_id = c.conversation_id \
+           AND members.user_id = c.sender_id) \
+     SELECT ord, seq, NULL::uuid AS id, NULL::text AS body, \
+            NULL::timestamptz AS created_at, false AS duplicate FROM c \
      UNION ALL \
      SELECT ord, seq, id, body, created_at, true FROM prior";
 
 /// Many receipts, at most one per member, in one statement: `ADVANCE` over arrays.
-/// Returns every input's row as it is after the statement, and whether it moved.
+/// Returns every member's row as the statement found it, and the moved rows again as
+/// they are after it (`changed`); joining the two in SQL would be a nested loop over
+/// two CTEs (see `APPEND_BATCH`).
 const ADVANCE_BATCH: &str = "WITH input AS ( \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[]) \
              WITH ORDINALITY AS t(conversation_id, user_id, delivered, read, ord)), \
@@ -249,15 +252,16 @@ const ADVANCE_BATCH: &str = "WITH input AS ( \
            AND (LEAST(i.read, c.last_seq) > m.read_seq \
                 OR GREATEST(LEAST(i.delivered, c.last_seq), LEAST(i.read, c.last_seq)) \
                    > m.delivered_seq) \
-         RETURNING m.conversation_id, m.user_id, m.delivered_seq, m.read_seq) \
-     SELECT i.ord, m.conversation_id, m.user_id, u.name AS user_name, \
-            COALESCE(moved.delivered_seq, m.delivered_seq) AS delivered_seq, \
-            COALESCE(moved.read_seq, m.read_seq) AS read_seq, \
-            moved.user_id IS NOT NULL AS changed \
+         RETURNING i.ord, m.conversation_id, m.user_id, m.delivered_seq, m.read_seq) \
+     SELECT moved.ord, moved.conversation_id, moved.user_id, u.name AS user_name, \
+            moved.delivered_seq, moved.read_seq, true AS changed \
+     FROM moved JOIN users u ON u.id = moved.user_id \
+     UNION ALL \
+     SELECT i.ord, m.conversation_id, m.user_id, u.name AS user_name, m.delivered_seq, \
+            m.read_seq, false AS changed \
      FROM input i \
      JOIN members m ON m.conversation_id = i.conversation_id AND m.user_id = i.user_id \
-     JOIN users u ON u.id = m.user_id \
-     LEFT JOIN moved ON moved.conversation_id = i.conversation_id AND moved.user_id = i.user_id";
+     JOIN users u ON u.id = m.user_id";
 
 #[async_trait]
 impl ApplyBatch<AppendWrite> for Writer {
@@ -422,6 +426,11 @@ async fn advance_batch(
     let mut out: Vec<Option<ReceiptUpdate>> = (0..batch.len()).map(|_| None).collect();
     for row in &rows {
         let slot = answer_slot(&mut out, row)?;
+        // A member that moved has two rows: the moved one, and the one the statement's
+        // snapshot read, as it was before. The moved one is the answer.
+        if slot.as_ref().is_some_and(|answer| answer.changed) {
+            continue;
+        }
         *slot = Some(ReceiptUpdate {
             receipt: Receipt {
                 conversation_id: ConversationId(get(row, "conversation_id")?),
