@@ -207,35 +207,44 @@ const GROUP_MOVE_RECEIPTS: &str = "UPDATE members \
      FROM json_each(?1) j \
      WHERE members.conversation_id = j.value->>0 AND members.user_id = j.value->>1";
 
-/// Advances a group of receipts, at most one per member, in two statements: read them
-/// all, move the ones that move.
+/// Advances a group of receipts in a transaction of its own.
 async fn advance_group(
     pool: &SqlitePool,
     batch: &[ReceiptWrite],
 ) -> Result<Vec<Result<Option<ReceiptUpdate>, StoreError>>, StoreError> {
+    let mut tx = pool.begin().await.map_err(classify)?;
+    let updates = advance_rows(&mut tx, batch).await?;
+    if let Err(e) = tx.commit().await {
+        return Ok(group_failed(batch.len(), classify(e)));
+    }
+    Ok(updates.into_iter().map(Ok).collect())
+}
+
+/// Advances receipts, at most one per member, in two statements: read them all, move the
+/// ones that move. `None` for a receipt of someone not a member.
+async fn advance_rows(
+    conn: &mut SqliteConnection,
+    batch: &[ReceiptWrite],
+) -> Result<Vec<Option<ReceiptUpdate>>, StoreError> {
     let keys = json_rows(batch, |w| {
         json!([w.conversation.to_string(), w.user.to_string()])
     });
-    let mut tx = pool.begin().await.map_err(classify)?;
     let rows = sqlx::query(GROUP_RECEIPTS)
         .bind(&keys)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await
         .map_err(classify)?;
     let mut out: Vec<Option<ReceiptUpdate>> = (0..batch.len()).map(|_| None).collect();
     let mut moves = Vec::new();
     for row in &rows {
         let ord: i64 = row.try_get("ord").map_err(StoreError::Database)?;
-        let (Some(write), Some(slot)) = (
-            usize::try_from(ord).ok().and_then(|i| batch.get(i)),
-            usize::try_from(ord).ok().and_then(|i| out.get_mut(i)),
-        ) else {
+        let Some(index) = usize::try_from(ord).ok().filter(|&i| i < batch.len()) else {
             return Err(StoreError::Corrupt(format!(
                 "receipt group row {ord} has no write"
             )));
         };
-        let current = receipt_from_row(row)?;
-        let update = advanced(current, seq_col(row, "last_seq")?, write);
+        let write = &batch[index];
+        let update = advanced(receipt_from_row(row)?, seq_col(row, "last_seq")?, write);
         if update.changed {
             moves.push(json!([
                 write.conversation.to_string(),
@@ -244,19 +253,16 @@ async fn advance_group(
                 seq_param(update.receipt.read_seq)
             ]));
         }
-        *slot = Some(update);
+        out[index] = Some(update);
     }
     if !moves.is_empty() {
         sqlx::query(GROUP_MOVE_RECEIPTS)
             .bind(Value::Array(moves).to_string())
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(classify)?;
     }
-    if let Err(e) = tx.commit().await {
-        return Ok(group_failed(batch.len(), classify(e)));
-    }
-    Ok(out.into_iter().map(Ok).collect())
+    Ok(out)
 }
 
 /// Where a receipt write takes a member's watermarks: forward only, never past the
@@ -438,38 +444,13 @@ async fn append_in(tx: &mut SqliteConnection, write: AppendWrite) -> Result<Appe
     })
 }
 
+/// One receipt, in the caller's transaction: the group's statements over one write.
 async fn advance_in(
     tx: &mut SqliteConnection,
     write: ReceiptWrite,
 ) -> Result<Option<ReceiptUpdate>, StoreError> {
-    let row = sqlx::query(
-        "SELECT m.conversation_id, m.user_id, u.name AS user_name, m.delivered_seq, m.read_seq, \
-                c.last_seq \
-         FROM members m JOIN conversations c ON c.id = m.conversation_id \
-         JOIN users u ON u.id = m.user_id \
-         WHERE m.conversation_id = ? AND m.user_id = ?",
-    )
-    .bind(write.conversation.to_string())
-    .bind(write.user.to_string())
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(classify)?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let update = advanced(receipt_from_row(&row)?, seq_col(&row, "last_seq")?, &write);
-    if !update.changed {
-        return Ok(Some(update));
-    }
-    sqlx::query(
-        "UPDATE members SET delivered_seq = ?, read_seq = ? WHERE conversation_id = ? AND user_id = ?",
-    )
-    .bind(seq_param(update.receipt.delivered_seq))
-    .bind(seq_param(update.receipt.read_seq))
-    .bind(write.conversation.to_string())
-    .bind(write.user.to_string())
-    .execute(&mut *tx)
-    .await
-    .map_err(classify)?;
-    Ok(Some(update))
+    Ok(advance_rows(tx, std::slice::from_ref(&write))
+        .await?
+        .pop()
+        .flatten())
 }
